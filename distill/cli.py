@@ -1,0 +1,67 @@
+"""The `distill` console command: a table of subcommands, each a module's `main`.
+
+Subcommand modules are imported only when chosen, so `distill teacher` never
+imports TensorFlow and `distill --help` is instant. Every `main` takes the
+remaining argv and returns an exit code; a `UserError` anywhere becomes one
+`error: ...` line on stderr and exit code 2.
+"""
+import importlib
+import sys
+
+from distill.errors import UserError
+
+# (subcommand words) -> ("module:function", one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("data", "stats"): ("distill.data.stats:main", "per-split counts, teacher coverage, parse failures, teacher accuracy"),
+    ("data", "build"): ("distill.data.tfds_builder:main", "prepare a dataset's splits as TFDS datasets"),
+    ("data", "download"): ("distill.data.download:main", "fetch and unpack the paper's released datasets"),
+    ("vocab", "train"): ("distill.vocab:main", "train a SentencePiece vocabulary from a dataset"),
+    ("teacher",): ("distill.teacher.cli:main", "prompt a teacher LLM for rationales and labels (cached, resumable)"),
+    ("train",): ("distill.train:main", "train a student (T5X-style gin flags)"),
+    ("eval",): ("distill.eval:main", "evaluate a checkpoint on the label task"),
+    ("infer",): ("distill.infer:main", "decode a task's split with a checkpoint (gin)"),
+    ("predict",): ("distill.predict:main", "predict labels/rationales for text or a JSONL file"),
+    ("export",): ("distill.models.export:main", "export a checkpoint as a Hugging Face T5 directory"),
+    ("quickstart",): ("distill.quickstart:main", "the whole pipeline on SVAMP with a tiny T5 on CPU"),
+    ("sweep",): ("distill.sweep:main", "run a grid of experiments and collect results.csv"),
+    ("report",): ("distill.report:main", "tables and plots from results.csv"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: distill <command> [args...]", "", "commands:"]
+    for words, (_, help_text) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<16} {help_text}")
+    return "\n".join(lines)
+
+
+def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
+    """The longest command prefix of argv and the arguments after it."""
+    for length in (2, 1):
+        words = tuple(argv[:length])
+        if words in COMMANDS:
+            return COMMANDS[words][0], argv[length:]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    resolved = _resolve(argv)
+    if resolved is None:
+        print(f"error: unknown command {' '.join(argv[:2])!r}; run `distill --help` for the list", file=sys.stderr)
+        return 2
+    target, rest = resolved
+    module_name, function_name = target.split(":")
+    try:
+        entry = getattr(importlib.import_module(module_name), function_name)
+        return int(entry(rest) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

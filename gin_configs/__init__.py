@@ -1,0 +1,1 @@
+"""Gin files shipped as package data (see distill.gin_paths)."""
