@@ -294,4 +294,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from distill import cli  # One-line `error: ...` for a UserError, as under `distill`.
+
+    sys.exit(cli.main(["report", *sys.argv[1:]]))
