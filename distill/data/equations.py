@@ -8,7 +8,7 @@ parses with a small recursive-descent grammar and rejects everything else:
     expr   := term (("+" | "-") term)*
     term   := factor (("*" | "/") factor)*
     factor := ("+" | "-") factor | number | "(" expr ")"
-    number := digits ["." digits] | "." digits
+    number := digits ["." digits] | "." digits      (ASCII 0-9 only)
 
 There is no exponent operator, no names, no calls, no scientific notation:
 `2**3`, `1e999999`, `__import__('os')` and `10**10**10` are not arithmetic
@@ -34,7 +34,7 @@ MAX_NUMBER_CHARS = 40
 # the millions, unlike a loose 1e-4 that would accept 12345.6 for 12345.
 VALUE_TOLERANCE = 1e-9
 
-_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([-+*/()]))")
+_TOKEN = re.compile(r"[ \t\n]*(?:([0-9]+(?:\.[0-9]*)?|\.[0-9]+)|([-+*/()]))")
 
 
 class _Invalid(Exception):
@@ -44,7 +44,7 @@ class _Invalid(Exception):
 def _tokenize(expr: str) -> list[str]:
     tokens: list[str] = []
     position = 0
-    end = len(expr.rstrip())
+    end = len(expr.rstrip(" \t\n"))
     while position < end:
         match = _TOKEN.match(expr, position)
         if match is None:
@@ -109,7 +109,7 @@ class _Parser:
             value = self.expr()
             if self.take() != ")":
                 raise _Invalid("missing ')'")
-        elif token[0].isdigit() or token[0] == ".":
+        elif token[0] in "0123456789.":
             value = float(token)
         else:
             raise _Invalid(f"unexpected {token!r}")

@@ -69,18 +69,23 @@ def _collapse(text: str) -> str:
     return " ".join(text.split())
 
 
+def normalize_text(label: str) -> str:
+    """Whitespace collapsed, a trailing "." or "!" dropped, lowercased.
+
+    "Wooded  area." -> "wooded area", "Neutral" -> "neutral".
+    """
+    return _collapse(str(label)).rstrip(".!").strip().lower()
+
+
 def normalize_label(dataset: str, label: str) -> str:
     """The canonical form of a label for comparison and targets.
 
-    svamp: whitespace collapsed (equations are compared by value, not text).
-    Every other dataset: whitespace collapsed, a trailing "." or "!" dropped,
-    lowercased ("Wooded area." -> "wooded area", "Neutral" -> "neutral").
+    svamp: whitespace collapsed only (equations are compared by value).
+    Every other dataset: `normalize_text`.
     """
-    style = get_spec(dataset).answer_style
-    text = _collapse(str(label))
-    if style == "equation":
-        return text
-    return text.rstrip(".!").strip().lower()
+    if get_spec(dataset).answer_style == "equation":
+        return _collapse(str(label))
+    return normalize_text(label)
 
 
 def _answer_text(tail: str) -> str:
