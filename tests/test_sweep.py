@@ -1,0 +1,124 @@
+"""`distill sweep`: the grid, per-run gin, resume by skipping finished runs, results.csv.
+
+The grid logic is tested with an injected fake run function (instant); one
+test trains the real 2 methods x 2 fractions x 2 seeds grid on SVAMP with a
+micro T5 for a few steps, then reruns it and checks all 8 are skipped.
+"""
+import csv
+import json
+import os
+import re
+
+import pytest
+
+from distill import sweep
+from distill.errors import UserError
+from distill.report import RESULT_COLUMNS
+
+MODELS = {"tiny": sweep.default_model_spec("tiny")}
+
+
+def _binding(bindings, name):
+    for binding in bindings:
+        key, _, value = binding.partition(" = ")
+        if key == name:
+            last = value
+    return eval(last)  # The test's own bindings: plain Python literals.
+
+
+class FakeTrain:
+    """Records calls; writes a finished metrics.json whose accuracy encodes the grid point."""
+
+    def __init__(self, fail_on=None):
+        self.calls = []
+        self.fail_on = fail_on
+
+    def __call__(self, gin_files, bindings):
+        model_dir = _binding(bindings, "MODEL_DIR")
+        self.calls.append((gin_files, bindings))
+        if self.fail_on and self.fail_on in model_dir:
+            raise RuntimeError("boom")
+        os.makedirs(model_dir, exist_ok=True)
+        accuracy = _binding(bindings, "TRAIN_FRACTION") / 10 + _binding(bindings, "SEED") / 100
+        metrics = {"finished": True, "step": _binding(bindings, "TRAIN_STEPS"), "test_accuracy": accuracy,
+                   "train_seconds": 1.5, "tokens_per_second": 100.0}
+        with open(os.path.join(model_dir, "metrics.json"), "w") as handle:
+            json.dump(metrics, handle)
+
+
+def _grid():
+    return sweep.make_grid(["svamp"], ["standard_gt", "step_by_step_gt"], ["tiny"], [0.5, 1.0], [0, 1])
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == RESULT_COLUMNS
+        return list(reader)
+
+
+def test_grid_runs_each_point_in_its_own_dir_with_its_gin(tmp_path, repo_root):
+    fake = FakeTrain()
+    outcome = sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, steps=7, data_dir="/data", run_fn=fake,
+                              log=lambda line: None)
+    assert len(outcome.trained) == 8 and not outcome.skipped and not outcome.failed
+    model_dirs = {_binding(b, "MODEL_DIR") for _, b in fake.calls}
+    assert len(model_dirs) == 8 and all(d.startswith(str(tmp_path / "runs")) for d in model_dirs)
+    files, bindings = fake.calls[-1]
+    assert files == ["experiments/svamp/step_by_step_gt_tiny.gin"]
+    assert (repo_root / "gin_configs" / files[0]).is_file()
+    assert _binding(bindings, "DATA_DIR") == "/data" and _binding(bindings, "TRAIN_STEPS") == 7
+    rows = _read_csv(outcome.results_csv)
+    assert len(rows) == 8
+    row = next(r for r in rows if r["method"] == "standard_gt" and r["train_fraction"] == "0.5" and r["seed"] == "1")
+    assert float(row["accuracy"]) == pytest.approx(0.06) and row["steps"] == "7"
+    assert row["model_dir"] == str(tmp_path / "runs" / "svamp-standard_gt-tiny-frac0.5-seed1")
+
+
+def test_rerun_skips_finished_runs_and_more_steps_resumes_them(tmp_path):
+    sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, steps=7, run_fn=FakeTrain(), log=lambda line: None)
+    again = FakeTrain()
+    outcome = sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, steps=7, run_fn=again, log=lambda line: None)
+    assert again.calls == [] and len(outcome.skipped) == 8 and len(outcome.rows) == 8
+    longer = FakeTrain()
+    outcome = sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, steps=9, run_fn=longer, log=lambda line: None)
+    assert len(longer.calls) == 8 and {r["steps"] for r in outcome.rows} == {9}
+
+
+def test_a_crashing_run_is_recorded_and_the_rest_go_on(tmp_path):
+    outcome = sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, steps=3,
+                              run_fn=FakeTrain(fail_on="step_by_step_gt-tiny-frac1-seed0"), log=lambda line: None)
+    assert outcome.failed == ["svamp-step_by_step_gt-tiny-frac1-seed0"]
+    assert "RuntimeError: boom" in (tmp_path / "runs" / outcome.failed[0] / "error.txt").read_text()
+    assert len(_read_csv(outcome.results_csv)) == 7
+    # The next sweep retries only the failed run.
+    retry = FakeTrain()
+    sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, steps=3, run_fn=retry, log=lambda line: None)
+    assert [re.search(r"runs/(\S+)'", b[0]).group(1) for _, b in retry.calls] == outcome.failed
+
+
+def test_user_error_stops_the_sweep(tmp_path):
+    def broken(gin_files, bindings):
+        raise UserError("DATA_DIR /nope has no svamp")
+    with pytest.raises(UserError, match="/nope"):
+        sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, run_fn=broken, log=lambda line: None)
+
+
+def test_pretrained_sizes_use_the_paper_files_and_their_checkpoint():
+    spec = sweep.default_model_spec("base", "/ckpt/t5-v1_1-base")
+    point = sweep.GridPoint("cqa", "step_by_step_llm", "base", 0.25, 2)
+    files, bindings = sweep.gin_config_for(point, spec, "/m", steps=None, data_dir=None)
+    assert files == ["experiments/cqa/step_by_step_llm.gin", "models/t5_1_1_base.gin"]
+    assert "INITIAL_CHECKPOINT_PATH = '/ckpt/t5-v1_1-base'" in bindings
+    assert not any(b.startswith(("TRAIN_STEPS", "DATA_DIR")) for b in bindings)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "distill"], "unknown method 'distill'"),
+    (["--fractions", "0"], "outside \\(0, 1\\]"),
+    (["--models", "huge"], "unknown model size 'huge'"),
+    (["--checkpoint", "tiny=/x"], "expected SIZE=PATH"),
+])
+def test_bad_grid_arguments_are_user_errors(tmp_path, argv, message):
+    with pytest.raises(UserError, match=message):
+        sweep.main(["--out", str(tmp_path), *argv])
