@@ -39,6 +39,22 @@ def test_teacher_jsonl_completions_list_and_parse_ok_false(tmp_path):
     assert second["parse_ok"] is False and second["teacher_label"] == "neutral"
 
 
+def test_teacher_module_lines_with_samples_keep_its_verdict(tmp_path):
+    # `distill teacher` writes teacher_raw as the list of samples and its own (voted) verdict.
+    write_anli1(tmp_path, {"train": 2, "test": 2}, with_cot=False)
+    write_json_lines(tmp_path / "anli1" / "test.teacher.jsonl", [
+        _teacher_line(0, rationale="Voted.", rationales=["Voted.", "Other."], teacher_label="neutral",
+                      teacher_raw=["Voted. So the answer is neutral.", "Other. So the answer is neutral."],
+                      parse_ok=True, error=None),
+        _teacher_line(1, rationale=None, teacher_label=None, teacher_raw=[anli1_completion(1)],
+                      parse_ok=False, error="no majority"),  # not re-parsed: the teacher's verdict stands
+    ])
+    first, second = load_examples("anli1", "test", str(tmp_path))
+    assert first == {**first, "rationale": "Voted.", "teacher_label": "neutral",
+                     "teacher_raw": "Voted. So the answer is neutral.", "parse_ok": True}
+    assert (second["teacher_label"], second["teacher_raw"], second["parse_ok"]) == (None, anli1_completion(1), False)
+
+
 def test_derived_valid_takes_teacher_jsonl_lines_at_train_positions(tmp_path):
     records = [anli1_record(i) for i in range(20)]
     write_json_lines(tmp_path / "anli1" / "anli1_train.json", records)

@@ -111,6 +111,7 @@ def test_generic_jsonl_style_accepts_either_phrase():
 def test_cut_run_on_and_normalize_label():
     assert cut_run_on("a. So the answer is (a) x.\nQ: next") == "a. So the answer is (a) x."
     assert cut_run_on("a\nb\n\nPremise: c") == "a\nb"
+    assert cut_run_on("\n\n  a. So the answer is (b) c.\n\nQ: d") == "a. So the answer is (b) c."
     assert normalize_label("cqa", "  Wooded   Area. ") == "wooded area"
     assert normalize_label("anli1", "Neutral") == "neutral"
     assert normalize_label("svamp", "( 84.0  /  2.0 )") == "( 84.0 / 2.0 )"

@@ -61,6 +61,7 @@ class ParsedCompletion:
 
 def cut_run_on(text: str) -> str:
     """The completion up to the few-shot continuation, stripped."""
+    text = text.strip()
     match = _RUN_ON.search(text)
     return (text[: match.start()] if match else text).strip()
 

@@ -6,10 +6,12 @@ Two on-disk sources, both aligned by order with the split FILE
 1. The project's own `<dataset dir>/<split>.teacher.jsonl`, written by
    `distill teacher`: one JSON line per example,
    `{"id", "input", "rationale", "teacher_label", "teacher_raw", "parse_ok", "error"}`
-   (`completions`, a list, may stand in for `teacher_raw`). When a line has
+   (`teacher_raw` may be a list of samples, or `completions` stand in for
+   it: the first sample is the one kept as `teacher_raw`). When a line has
    an `id`, it must equal the example's id, which catches files written for
-   another split or order. When a line has neither `rationale` nor
-   `teacher_label`, its `teacher_raw` is parsed here.
+   another split or order. A line with `rationale`, `teacher_label` or
+   `parse_ok` is taken as the teacher module's verdict; a raw-only line
+   has its `teacher_raw` parsed here.
 2. The paper's `<dataset dir>/llm/<split>_CoT_<i>.json`, i = 0, 1, ...:
    JSON lists of raw completions, concatenated in i order, parsed here.
 
@@ -79,17 +81,25 @@ def _read_cot(name: str, paths: list[str]) -> list[dict]:
     return outputs
 
 
+def _first_completion(record: dict) -> str | None:
+    """teacher_raw as a string, or the first of a list of samples (`teacher_raw` or `completions`)."""
+    for key in ("teacher_raw", "completions"):
+        value = record.get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def _from_teacher_record(name: str, record: dict) -> dict:
-    raw = record.get("teacher_raw")
-    if raw is None and isinstance(record.get("completions"), list) and record["completions"]:
-        raw = record["completions"][0]
-    if record.get("rationale") is None and record.get("teacher_label") is None:
-        return _from_completion(name, raw)
+    raw = _first_completion(record)
+    if not any(key in record for key in ("rationale", "teacher_label", "parse_ok")):
+        return _from_completion(name, raw)  # a raw-only line: parse it here
     rationale, label = record.get("rationale"), record.get("teacher_label")
     label = None if label is None else normalize_label(name, label)
     ok = bool(record.get("parse_ok", True)) and bool(rationale) and bool(label)
-    return {"rationale": rationale, "teacher_label": label,
-            "teacher_raw": raw if isinstance(raw, str) else None, "parse_ok": ok}
+    return {"rationale": rationale, "teacher_label": label, "teacher_raw": raw, "parse_ok": ok}
 
 
 def _read_teacher_jsonl(name: str, path: str, example_ids: list[str], split_file: str) -> list[dict]:
