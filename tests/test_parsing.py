@@ -47,6 +47,15 @@ def test_svamp_answerless_and_truncated_are_failures(real):
     assert not unknown.ok and "'(2 * x)'" in unknown.error
 
 
+def test_svamp_echoed_question_is_dropped(real):
+    # train 787 repeats the question, then "\nA: There were originally 7 roses. ... The answer is (20 - 7)."
+    parsed = parse_completion("svamp", real["svamp", "train"][787])
+    assert parsed.ok and parsed.label == "(20 - 7)"
+    assert parsed.rationale == "There were originally 7 roses. Jessica cut some more. Now there are 20. So she cut 20 - 7 = 13 roses."
+    echo_only = parse_completion("svamp", real["svamp", "train"][80])  # echo, then truncated: no answer
+    assert not echo_only.ok and "no answer phrase" in echo_only.error
+
+
 def test_cqa_choice_text_with_run_on(real):
     parsed = parse_completion("cqa", real["cqa", "train"][0])
     assert parsed.ok and parsed.label == "math problem"
@@ -73,7 +82,7 @@ def test_every_real_completion_parses_or_fails_explicitly(real, dataset, split, 
     for r in results:
         if r.ok:
             assert r.rationale and r.label and r.error is None
-            assert "\nQ:" not in r.rationale and "\n\n" not in r.rationale
+            assert "\nQ:" not in r.rationale and "\n\n" not in r.rationale and "\nA:" not in r.rationale
 
 
 def test_anli1_so_the_answer_style():

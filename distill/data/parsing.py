@@ -30,6 +30,7 @@ from distill.data.specs import get_spec
 # The run-on continuation starts at a blank line (the few-shot separator) or
 # at a new exemplar header on its own line.
 _RUN_ON = re.compile(r"\n[ \t]*\n|\n[ \t]*(?:Q|Question|Premise|Hypothesis)[ \t]*:")
+_ECHO = re.compile(r"\n[ \t]*A[ \t]*:")
 
 # Answer phrases, matched case-insensitively; the last match in the kept
 # text is the answer (the rationale may quote earlier "the answer is ...").
@@ -60,10 +61,15 @@ class ParsedCompletion:
 
 
 def cut_run_on(text: str) -> str:
-    """The completion up to the few-shot continuation, stripped."""
+    """The completion up to the few-shot continuation, stripped.
+
+    A completion that first echoes the question ("<question>\nA: <answer>")
+    keeps only what follows the last "A:", as if the echo were not there.
+    """
     text = text.strip()
     match = _RUN_ON.search(text)
-    return (text[: match.start()] if match else text).strip()
+    kept = text[: match.start()] if match else text
+    return _ECHO.split(kept)[-1].strip()
 
 
 def _collapse(text: str) -> str:
