@@ -91,7 +91,8 @@ def test_generic_jsonl_with_inline_teacher_fields(tmp_path):
         {"input": "3+3?", "label": "6", "teacher_raw": "Three and three. So the answer is 6."},
         {"input": "unlabeled", "teacher_raw": "no answer here"},
     ])
-    write_json_lines(tmp_path / "test.jsonl", [{"input": "1+1?", "label": "2"}])
+    (tmp_path / "test.jsonl").write_text("\ufeff" + json.dumps({"input": "1+1?", "label": "2"}) + "\n",
+                                         encoding="utf-8")  # a byte-order mark is tolerated
     train = load_examples("jsonl", "train", str(tmp_path), with_teacher=True)
     valid = load_examples("jsonl", "valid", str(tmp_path))
     by_id = {e["id"]: e for e in train + valid}

@@ -17,7 +17,10 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 def test_missing_data_dir(tmp_path, monkeypatch):
     with pytest.raises(UserError) as err:
         load_examples("svamp", "train", str(tmp_path / "nowhere"))
-    assert "nowhere' does not exist; pass --data-dir DIR or set DISTILL_DATA_DIR" in _one_line(err)
+    assert f"data dir {tmp_path / 'nowhere'} does not exist; pass --data-dir DIR or set DISTILL_DATA_DIR" \
+        in _one_line(err)
+    with pytest.raises(UserError, match="no data dir given"):
+        load_examples("svamp", "train", "")
     monkeypatch.delenv("DISTILL_DATA_DIR", raising=False)
     with pytest.raises(UserError, match="no data dir given; pass --data-dir DIR or set DISTILL_DATA_DIR"):
         resolve_data_dir(None)

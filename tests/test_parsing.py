@@ -89,6 +89,7 @@ def test_anli1_so_the_answer_style():
     text = "The premise says he left. So the answer is Contradiction.\n\nPremise: x\nHypothesis: y\nSo the answer is neutral."
     assert parse_completion("anli1", text) == ParsedCompletion(
         "The premise says he left.", "contradiction", True, None)
+    assert parse_completion("anli1", "Same event. So the answer is: entailment").label == "entailment"
     off_space = parse_completion("anli1", "It is unclear. So the answer is maybe.")
     assert not off_space.ok and "'maybe' is not one of entailment, neutral, contradiction" in off_space.error
 

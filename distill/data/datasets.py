@@ -36,15 +36,19 @@ __all__ = ["DATASET_NAMES", "DatasetSpec", "SPLITS", "available_datasets", "get_
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
 
 
+def _check_data_dir(data_dir: str) -> str:
+    if not os.path.isdir(data_dir):
+        raise UserError(f"data dir {data_dir} does not exist; pass --data-dir DIR or set {DATA_DIR_ENV} "
+                        "to the folder holding the datasets (<dataset>/<dataset>_train.json)")
+    return data_dir
+
+
 def resolve_data_dir(data_dir: str | None) -> str:
     """data_dir, else $DISTILL_DATA_DIR; UserError when neither names an existing folder."""
     chosen = data_dir or os.environ.get(DATA_DIR_ENV)
     if not chosen:
         raise UserError(f"no data dir given; pass --data-dir DIR or set {DATA_DIR_ENV}")
-    if not os.path.isdir(chosen):
-        raise UserError(f"data dir {chosen} does not exist; pass --data-dir DIR or set {DATA_DIR_ENV} "
-                        "to the folder holding <dataset>/<dataset>_train.json")
-    return chosen
+    return _check_data_dir(chosen)
 
 
 def available_datasets(data_dir: str) -> list[str]:
@@ -103,8 +107,9 @@ def load_examples(name: str, split: str, data_dir: str, *, train_fraction: float
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     fraction = splits.check_fraction(train_fraction)
-    if not data_dir or not os.path.isdir(data_dir):
-        raise UserError(f"data dir {data_dir!r} does not exist; pass --data-dir DIR or set {DATA_DIR_ENV}")
+    if not data_dir:
+        raise UserError(f"no data dir given; pass --data-dir DIR or set {DATA_DIR_ENV}")
+    _check_data_dir(data_dir)
     if split == "test" or (split == "valid" and valid_source(name, data_dir) == "file"):
         return _read_file_split(name, data_dir, split, with_teacher)
     train_file = _read_file_split(name, data_dir, "train", with_teacher)

@@ -96,8 +96,8 @@ def normalize_label(dataset: str, label: str) -> str:
 
 
 def _answer_text(tail: str) -> str:
-    """The answer clause after the answer phrase: its first line, stripped."""
-    return tail.strip().split("\n", 1)[0].strip()
+    """The answer clause after the answer phrase: its first line, stripped (and a leading ":")."""
+    return tail.strip().split("\n", 1)[0].strip().lstrip(":").strip()
 
 
 def _parse_choice(answer: str) -> tuple[str | None, str | None]:

@@ -52,7 +52,7 @@ def split_path(name: str, data_dir: str, split: str) -> str:
 def read_json_lines(path: str) -> list[tuple[int, dict]]:
     """(1-based line number, record) for every non-blank line of a JSON-lines file."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark
             lines = handle.readlines()
     except FileNotFoundError:
         raise UserError(f"{path} not found; check --data-dir / DISTILL_DATA_DIR") from None

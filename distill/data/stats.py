@@ -7,7 +7,7 @@ the train file, and train is then the other 90%), so the rows add up to the
 files on disk. teacher_accuracy scores the teacher's parsed label against
 gold with the dataset's metric (svamp: equation values) over every example
 that has a teacher output, parse failures counting as wrong; it is null
-without teacher outputs or without gold labels.
+without teacher outputs, or when some example has no gold label (JSONL).
 
 --json prints one object:
     {"train": {"examples": 720, "teacher_outputs": 720, "parse_failures": 32,
