@@ -1,0 +1,15 @@
+"""The teacher stage: few-shot CoT prompting of a teacher LLM into cached rationales.
+
+    prompts     exemplar data files -> completion / chat prompts
+    backends/   OpenAI-compatible HTTP (httpx), local HF (torch), local Flax T5 (jax)
+    ratelimit   RPM / TPM token buckets
+    batcher     bounded concurrency, retries with backoff, one commit per answer
+    cache       SQLite (WAL) cache keyed by the prompt's hash: kill -9 safe, resumable
+    voting      self-consistency majority vote over n samples
+    export      <out>/<dataset>/<split>.teacher.jsonl + the reference llm/ layout
+    pipeline    `run_teacher(...)`, the library entry point
+    cli         `distill teacher`
+
+Importing this package imports none of TensorFlow, seqio, jax, torch or httpx;
+each backend imports its own client when chosen.
+"""

@@ -1,0 +1,63 @@
+"""Types shared by every backend and the batcher.
+
+Two shapes of backend exist because the work is shaped differently: an HTTP
+server wants many independent requests in flight (`AsyncBackend`), a local
+model wants prompts grouped into padded batches (`BatchBackend`). Both
+return `Completion`s, which the cache stores as they are.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+from distill.teacher.cache import Completion
+
+# A rendered prompt: plain text (completion rendering) or chat messages
+# [{"role": "system"|"user"|"assistant", "content": str}, ...].
+Prompt = str | list[dict[str, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """What, besides the prompt and model, decides the answer (part of the cache key)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "n": self.n, "stop": list(self.stop)}
+
+
+class RequestError(Exception):
+    """A failed attempt; `retryable` says whether trying again may help.
+
+    The message must already be free of secrets (backends redact it).
+    """
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class AsyncBackend(Protocol):
+    kind: str
+    model: str
+
+    async def generate(self, prompt: Prompt, params: SamplingParams, *, timeout: float) -> Completion:
+        """One attempt; raises RequestError (or asyncio.TimeoutError) on failure."""
+
+    async def aclose(self) -> None: ...
+
+
+class BatchBackend(Protocol):
+    kind: str
+    model: str
+    batch_size: int
+
+    def generate_batch(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
+        """Completions for `prompts`, in the same order."""

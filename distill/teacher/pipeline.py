@@ -1,0 +1,157 @@
+"""One teacher run, as a library call: split file -> prompts -> cache -> outputs.
+
+    summary = run_teacher(dataset="svamp", split="train", data_dir=..., out="teacher_out",
+                          backend=OpenAIBackend(base_url=..., model=..., api_key=...))
+
+Steps, top to bottom: read the split file (the data layer's reader, so the
+outputs align with the file the loaders read); render one prompt per example
+and hash it into its cache key; send the prompts the cache does not hold yet
+(each distinct prompt once); vote over each prompt's samples with the data
+layer's parser; write the outputs atomically; summarize. Rerunning the same
+call after a crash sends only what is missing and writes the same files.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from typing import TextIO
+
+from distill.data.datasets import resolve_data_dir, valid_source
+from distill.data.readers import SPLITS, read_split, split_path
+from distill.data.specs import get_spec
+from distill.errors import UserError
+from distill.metrics import metric_fn_for
+from distill.teacher import batcher, export, prompts, voting
+from distill.teacher.backends.base import AsyncBackend, BatchBackend, Prompt, SamplingParams
+from distill.teacher.cache import CompletionCache, cache_key
+from distill.teacher.progress import Progress
+from distill.teacher.ratelimit import RateLimiter
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSummary:
+    """What the end-of-run report prints."""
+
+    examples: int
+    completed: int  # examples whose prompt has a stored answer
+    failed: int  # examples whose prompt ended failed (error recorded)
+    parse_failures: int  # answered, but no label + rationale recovered
+    from_cache: int  # distinct prompts already stored before this run
+    requested: int  # distinct prompts sent by this run
+    retries: int
+    prompt_tokens: int  # used by this run's requests
+    completion_tokens: int
+    accuracy: float | None  # teacher label vs gold, fraction in [0, 1]; None without gold
+    gold_examples: int
+    seconds: float
+    paths: dict[str, str]
+
+
+def _split_examples(dataset: str, split: str, data_dir: str, out: str, limit: int | None) -> tuple[list[dict], list[dict]]:
+    get_spec(dataset)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split == "valid" and valid_source(dataset, data_dir) == "train":
+        raise UserError(f"{dataset} has no valid file under {data_dir}: its valid split is 10% of train, "
+                        "so run --split train (those outputs cover valid too)")
+    source = split_path(dataset, data_dir, split)
+    if not os.path.isfile(source):
+        raise UserError(f"split file {source} not found; check --data-dir and --split")
+    target = split_path(dataset, out, split)
+    if os.path.exists(target) and os.path.samefile(source, target):
+        raise UserError(f"--out {out} is the data dir itself; pass a separate output folder "
+                        "(the split file would be overwritten)")
+    examples, raw = read_split(dataset, data_dir, split)
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be >= 1, got {limit}")
+        examples, raw = examples[:limit], raw[:limit]
+    return examples, raw
+
+
+def run_teacher(*, dataset: str, split: str, out: str, backend: AsyncBackend | BatchBackend,
+                data_dir: str | None = None, cache_path: str | None = None,
+                params: SamplingParams = SamplingParams(), prompt_format: str = "completion",
+                exemplars_path: str | None = None, limit: int | None = None, concurrency: int = 64,
+                limiter: RateLimiter | None = None, policy: batcher.RetryPolicy | None = None,
+                gold_filter: bool = False, secret: str | None = None,
+                progress_stream: TextIO | None = None) -> TeacherSummary:
+    """Prompt the teacher for every example of one split file and write the outputs under `out`."""
+    start = time.monotonic()
+    data_dir = resolve_data_dir(data_dir)
+    examples, raw = _split_examples(dataset, split, data_dir, out, limit)
+    prompt_set = prompts.load_exemplars(dataset, exemplars_path)
+    if prompt_format not in ("completion", "chat"):
+        raise UserError(f"prompt format {prompt_format!r} must be 'completion' or 'chat'")
+    renderer = prompts.render_chat if prompt_format == "chat" else prompts.render_completion
+
+    def render(index: int) -> Prompt:
+        return renderer(prompt_set, examples[index]["input"])
+
+    keys = [cache_key(backend=backend.kind, model=backend.model, prompt=render(i), params=params.as_dict())
+            for i in range(len(examples))]
+    cache = CompletionCache(cache_path or os.path.join(out, "teacher_cache.sqlite"))
+    try:
+        jobs = batcher.pending_jobs([batcher.Job(key, i) for i, key in enumerate(keys)], cache)
+        distinct = len(set(keys))
+        progress = Progress(distinct, already_done=distinct - len(jobs), stream=progress_stream)
+        if jobs and hasattr(backend, "generate_batch"):
+            batcher.run_batched(jobs, render, backend, cache, params, progress=progress)
+        elif jobs:
+            asyncio.run(_run_and_close(jobs, render, backend, cache, params, concurrency=concurrency,
+                                       limiter=limiter or RateLimiter(), policy=policy or batcher.RetryPolicy(),
+                                       progress=progress, secret=secret))
+        progress.maybe_draw(force=True)
+        return _export(dataset, split, out, examples, raw, keys, cache, gold_filter=gold_filter,
+                       progress=progress, from_cache=distinct - len(jobs), start=start)
+    finally:
+        cache.close()
+
+
+async def _run_and_close(jobs, render, backend, cache, params, **kwargs) -> None:
+    try:
+        await batcher.run_async(jobs, render, backend, cache, params, **kwargs)
+    finally:
+        await backend.aclose()
+
+
+def _export(dataset: str, split: str, out: str, examples: list[dict], raw: list[dict], keys: list[str],
+            cache: CompletionCache, *, gold_filter: bool, progress: Progress, from_cache: int,
+            start: float) -> TeacherSummary:
+    counts = {"completed": 0, "failed": 0, "parse_failures": 0}
+    targets, predictions = [], []
+
+    def records():
+        for example, key in zip(examples, keys):
+            completion = cache.get(key)
+            gold = example["label"] or None
+            if completion is None:
+                counts["failed"] += 1
+                result = voting.Vote(None, None, (), False, cache.failure(key) or "not answered")
+                texts: list[str] = []
+            else:
+                counts["completed"] += 1
+                texts = list(completion.texts)
+                result = voting.vote(dataset, texts, gold=gold, gold_filter=gold_filter)
+                counts["parse_failures"] += 0 if result.parse_ok else 1
+            if gold is not None:
+                targets.append(gold)
+                predictions.append(result.teacher_label or "")
+            record = {"id": example["id"], "input": example["input"]}
+            if gold is not None:
+                record["label"] = gold
+            record.update({"rationale": result.rationale, "rationales": list(result.rationales),
+                           "teacher_label": result.teacher_label, "teacher_raw": texts,
+                           "parse_ok": result.parse_ok, "error": result.error})
+            yield record
+
+    paths = export.write_outputs(dataset, split, out, records(), raw)
+    accuracy = metric_fn_for(dataset)(targets, predictions)["accuracy"] if targets else None
+    return TeacherSummary(
+        examples=len(examples), completed=counts["completed"], failed=counts["failed"],
+        parse_failures=counts["parse_failures"], from_cache=from_cache, requested=progress.requested,
+        retries=progress.retries, prompt_tokens=progress.prompt_tokens,
+        completion_tokens=progress.completion_tokens, accuracy=accuracy, gold_examples=len(targets),
+        seconds=time.monotonic() - start, paths=paths)
