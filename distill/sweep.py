@@ -8,10 +8,13 @@ for pretrained sizes) in its own model dir
 
 Runs happen one after another in this process, so TensorFlow start-up, task
 registration and JAX's compilation cache (persisted under
-`<sweep dir>/.jax_cache`) are paid once where shapes repeat. A run whose
-`metrics.json` says finished (at the requested step count, if one is given)
-is skipped, so an interrupted sweep resumes where it stopped; a run that
-crashes is recorded in `<model dir>/error.txt` and the sweep goes on.
+`<sweep dir>/.jax_cache`) are paid once where shapes repeat. A run is
+finished once `train()` has returned for it, recorded with its wall time and
+throughput in `<model dir>/sweep.json` (a `finished` flag in metrics.json
+counts too), at the requested step count if one is given. Finished runs are
+skipped, so an interrupted sweep resumes where it stopped (a larger --steps
+resumes each run from its checkpoint); a run that crashes is recorded in
+`<model dir>/error.txt` and the sweep goes on.
 Every finished run is then collected into `<sweep dir>/results.csv`
 (columns `distill.report.RESULT_COLUMNS`), the input of `distill report`.
 
@@ -35,6 +38,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 from distill.errors import UserError
 from distill.report import RESULT_COLUMNS
 
+SWEEP_RECORD = "sweep.json"
 METHODS = ("standard_gt", "standard_llm", "step_by_step_gt", "step_by_step_llm")
 PRETRAINED_SIZES = ("small", "base", "large", "xl", "xxl")
 
@@ -107,51 +111,101 @@ def gin_config_for(point: GridPoint, spec: ModelSpec, model_dir: str, *, steps: 
 
 
 class RunFn(Protocol):
-    """Trains one run from gin files + bindings; writes metrics.json into its MODEL_DIR."""
+    """Trains one run from gin files + bindings (writing metrics.json into its MODEL_DIR).
 
-    def __call__(self, gin_files: list[str], bindings: list[str]) -> None: ...
+    Returns train()'s summary dict (at least "step"; "preempted" True when it
+    stopped early), or None.
+    """
+
+    def __call__(self, gin_files: list[str], bindings: list[str]) -> dict | None: ...
 
 
-def train_with_gin(gin_files: list[str], bindings: list[str]) -> None:
+def train_with_gin(gin_files: list[str], bindings: list[str]) -> dict | None:
     """The real RunFn: parse the gin config afresh and call distill.train.train in this process."""
     import gin
 
-    from distill import gin_paths, train
+    from distill import gin_bindings
 
-    gin.clear_config()
-    gin.add_config_file_search_path(gin_paths.gin_configs_dir())
-    train.register_gin_configurables()
-    gin.parse_config_files_and_bindings(gin_files, bindings)
+    gin_bindings.parse_gin(gin_files, bindings)
     try:
-        train.train()
+        gin_bindings.check_required_macros()
+        return gin_bindings.register_entry_points()["train"]()
     finally:
         gin.clear_config()
 
 
-def read_run_metrics(model_dir: str) -> dict | None:
-    """The run's metrics.json as a dict, or None when absent or unreadable (a crash mid-write)."""
-    path = os.path.join(model_dir, "metrics.json")
+def _read_json(path: str) -> dict | None:
+    """A JSON object file, or None when absent or unreadable (a crash mid-write)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            data = json.load(handle)
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
-def is_finished(metrics: dict | None, steps: int | None) -> bool:
-    """Finished, and (when steps is given) at least that far: a larger --steps resumes the run."""
-    if not metrics or not metrics.get("finished"):
+def run_record(model_dir: str) -> dict | None:
+    """What is known about a run: metrics.json (the trainer's) merged with sweep.json (ours).
+
+    sweep.json is written by the sweep once train() has returned without
+    being preempted: {"finished": true, "step", "train_seconds",
+    "tokens_per_second"}; a metrics.json "finished" flag counts as well.
+    """
+    metrics = _read_json(os.path.join(model_dir, "metrics.json"))
+    if metrics is None:
+        return None
+    return {**metrics, **(_read_json(os.path.join(model_dir, SWEEP_RECORD)) or {})}
+
+
+def is_finished(record: dict | None, steps: int | None) -> bool:
+    """Finished, with a test accuracy, and (when steps is given) that far: a larger --steps resumes."""
+    if not record or not record.get("finished") or "test_accuracy" not in record:
         return False
-    return steps is None or int(metrics.get("step", 0)) >= steps
+    return steps is None or int(record.get("step", record.get("latest_step", 0))) >= steps
 
 
-def result_row(point: GridPoint, model_dir: str, metrics: dict) -> dict:
-    """One results.csv row from a finished run's metrics.json."""
+def tokens_per_second_from_events(model_dir: str) -> float | None:
+    """Mean of the run's perf/tokens_per_sec TensorBoard scalars, the first (compiling) interval left out."""
+    import glob
+
+    import tensorflow as tf
+
+    values = []
+    for path in sorted(glob.glob(os.path.join(model_dir, "events", "**", "events.out.tfevents.*"), recursive=True)):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                values += [v.simple_value for v in event.summary.value if v.tag == "perf/tokens_per_sec"]
+        except tf.errors.DataLossError:  # A truncated last record: keep what was read.
+            continue
+    values = values[1:] if len(values) > 1 else values
+    return sum(values) / len(values) if values else None
+
+
+def _write_record(model_dir: str, result: dict | None, train_seconds: float) -> None:
+    metrics = _read_json(os.path.join(model_dir, "metrics.json")) or {}
+    result = result or {}
+    record = {
+        "finished": True,
+        "step": int(result.get("step", metrics.get("step", metrics.get("latest_step", 0)))),
+        "train_seconds": float(metrics.get("train_seconds", result.get("train_seconds", train_seconds))),
+        "tokens_per_second": metrics.get("tokens_per_second", result.get("tokens_per_second")),
+    }
+    if record["tokens_per_second"] is None:
+        record["tokens_per_second"] = tokens_per_second_from_events(model_dir)
+    tmp = os.path.join(model_dir, SWEEP_RECORD + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(tmp, os.path.join(model_dir, SWEEP_RECORD))
+
+
+def result_row(point: GridPoint, model_dir: str, record: dict) -> dict:
+    """One results.csv row from a finished run's record."""
+    tokens = record.get("tokens_per_second")
     return {
         "dataset": point.dataset, "method": point.method, "model": point.model,
         "train_fraction": point.train_fraction, "seed": point.seed,
-        "accuracy": metrics["test_accuracy"], "steps": metrics["step"],
-        "train_seconds": metrics.get("train_seconds", ""), "tokens_per_second": metrics.get("tokens_per_second", ""),
+        "accuracy": record["test_accuracy"], "steps": record.get("step", record.get("latest_step")),
+        "train_seconds": record.get("train_seconds", ""), "tokens_per_second": "" if tokens is None else tokens,
         "model_dir": model_dir,
     }
 
@@ -189,16 +243,18 @@ def run_sweep(points: Sequence[GridPoint], sweep_dir: str, *, models: dict[str, 
     outcome = SweepOutcome(results_csv=os.path.join(sweep_dir, "results.csv"))
     for index, point in enumerate(points, start=1):
         model_dir = os.path.join(sweep_dir, "runs", point.run_name)
-        if is_finished(read_run_metrics(model_dir), steps):
+        if is_finished(run_record(model_dir), steps):
             outcome.skipped.append(point.run_name)
             log(f"[{index}/{len(points)}] {point.run_name}: finished earlier, skipped")
             continue
         files, bindings = gin_config_for(point, models[point.model], model_dir, steps=steps,
                                          data_dir=data_dir, extra_bindings=extra_bindings)
         log(f"[{index}/{len(points)}] {point.run_name}: training ({' '.join(files)})")
-        start = time.time()
+        if os.path.exists(os.path.join(model_dir, SWEEP_RECORD)):  # From a shorter earlier run.
+            os.remove(os.path.join(model_dir, SWEEP_RECORD))
+        start = time.perf_counter()
         try:
-            run_fn(files, bindings)
+            result = run_fn(files, bindings)
         except UserError:
             raise
         except Exception:  # One broken run must not lose the rest of a long sweep.
@@ -208,19 +264,25 @@ def run_sweep(points: Sequence[GridPoint], sweep_dir: str, *, models: dict[str, 
             outcome.failed.append(point.run_name)
             log(f"[{index}/{len(points)}] {point.run_name}: FAILED, see {model_dir}/error.txt")
             continue
-        metrics = read_run_metrics(model_dir)
-        if not is_finished(metrics, steps):
+        seconds = time.perf_counter() - start
+        if (result or {}).get("preempted"):
+            log(f"[{index}/{len(points)}] {point.run_name}: stopped early (SIGTERM); rerun the sweep to resume")
             outcome.failed.append(point.run_name)
-            log(f"[{index}/{len(points)}] {point.run_name}: FAILED, no finished metrics.json in {model_dir}")
+            break
+        if _read_json(os.path.join(model_dir, "metrics.json")) is not None:
+            _write_record(model_dir, result, seconds)
+        record = run_record(model_dir)
+        if not is_finished(record, steps):
+            outcome.failed.append(point.run_name)
+            log(f"[{index}/{len(points)}] {point.run_name}: FAILED, no test accuracy in {model_dir}/metrics.json")
             continue
         outcome.trained.append(point.run_name)
-        log(f"[{index}/{len(points)}] {point.run_name}: test accuracy {metrics['test_accuracy']:.3f} "
-            f"({time.time() - start:.0f} s)")
+        log(f"[{index}/{len(points)}] {point.run_name}: test accuracy {record['test_accuracy']:.3f} ({seconds:.0f} s)")
     for point in points:
         model_dir = os.path.join(sweep_dir, "runs", point.run_name)
-        metrics = read_run_metrics(model_dir)
-        if is_finished(metrics, steps):
-            outcome.rows.append(result_row(point, model_dir, metrics))
+        record = run_record(model_dir)
+        if is_finished(record, steps):
+            outcome.rows.append(result_row(point, model_dir, record))
     write_results(outcome.rows, outcome.results_csv)
     return outcome
 

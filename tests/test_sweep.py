@@ -27,7 +27,7 @@ def _binding(bindings, name):
 
 
 class FakeTrain:
-    """Records calls; writes a finished metrics.json whose accuracy encodes the grid point."""
+    """Records calls; writes metrics.json as the trainer does, with an accuracy encoding the grid point."""
 
     def __init__(self, fail_on=None):
         self.calls = []
@@ -40,10 +40,11 @@ class FakeTrain:
             raise RuntimeError("boom")
         os.makedirs(model_dir, exist_ok=True)
         accuracy = _binding(bindings, "TRAIN_FRACTION") / 10 + _binding(bindings, "SEED") / 100
-        metrics = {"finished": True, "step": _binding(bindings, "TRAIN_STEPS"), "test_accuracy": accuracy,
-                   "train_seconds": 1.5, "tokens_per_second": 100.0}
+        step = _binding(bindings, "TRAIN_STEPS")
+        metrics = {"latest_step": step, "test_accuracy": accuracy, "tokens_per_second": 100.0}
         with open(os.path.join(model_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle)
+        return {**metrics, "step": step, "preempted": False}
 
 
 def _grid():
@@ -72,6 +73,7 @@ def test_grid_runs_each_point_in_its_own_dir_with_its_gin(tmp_path, repo_root):
     assert len(rows) == 8
     row = next(r for r in rows if r["method"] == "standard_gt" and r["train_fraction"] == "0.5" and r["seed"] == "1")
     assert float(row["accuracy"]) == pytest.approx(0.06) and row["steps"] == "7"
+    assert float(row["tokens_per_second"]) == 100.0 and 0 <= float(row["train_seconds"]) < 60
     assert row["model_dir"] == str(tmp_path / "runs" / "svamp-standard_gt-tiny-frac0.5-seed1")
 
 
@@ -95,6 +97,14 @@ def test_a_crashing_run_is_recorded_and_the_rest_go_on(tmp_path):
     retry = FakeTrain()
     sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, steps=3, run_fn=retry, log=lambda line: None)
     assert [re.search(r"runs/(\S+)'", b[0]).group(1) for _, b in retry.calls] == outcome.failed
+
+
+def test_a_preempted_run_stops_the_sweep_unfinished(tmp_path):
+    def preempted(gin_files, bindings):
+        FakeTrain()(gin_files, bindings)
+        return {"step": 3, "preempted": True}
+    outcome = sweep.run_sweep(_grid(), str(tmp_path), models=MODELS, steps=7, run_fn=preempted, log=lambda line: None)
+    assert len(outcome.failed) == 1 and not outcome.trained and outcome.rows == []
 
 
 def test_user_error_stops_the_sweep(tmp_path):
