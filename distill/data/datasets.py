@@ -100,6 +100,8 @@ def load_examples(name: str, split: str, data_dir: str, *, train_fraction: float
     and the split has teacher outputs, {"rationale": str|None,
     "teacher_label": str|None, "teacher_raw": str|None, "parse_ok": bool}.
     For name == "jsonl", data_dir is the folder holding train/test(/valid).jsonl.
+    train_fraction and seed pick train's subset only (valid and test ignore
+    them; a derived valid split always uses seed 0).
     UserError for an unknown dataset or split, a missing data dir or file,
     a malformed line, a bad train_fraction, or teacher/split misalignment.
     """
