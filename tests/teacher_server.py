@@ -46,7 +46,7 @@ def prompt_key(prompt) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _last_question(prompt) -> str:
+def last_question(prompt) -> str:
     text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
     question = text.rsplit("Q: ", 1)[-1]
     return question.rsplit("\nA:", 1)[0].strip()
@@ -75,7 +75,7 @@ def _equation_answer(h: int, question: str) -> str:
 def answer_for(prompt, sample: int = 0) -> str:
     """The completion the server gives for `prompt` (deterministic)."""
     h = int(prompt_key(prompt)[:12], 16) + 7919 * sample
-    question = _last_question(prompt)
+    question = last_question(prompt)
     choices = re.findall(r"^\(([a-e])\)\s*(.+)$", question, flags=re.MULTILINE)
     if h % 16 == 5:
         return "I am not sure how to approach this one without more information."
@@ -115,6 +115,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(400, b'{"error": "request body is not JSON"}')
             return
         if self.path not in ("/v1/completions", "/v1/chat/completions"):
+            with owner.lock:
+                owner.requests[self.path] += 1
             self._send(404, b'{"error": "not found"}')
             return
         chat = self.path.endswith("chat/completions")
@@ -140,7 +142,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
         n = int(request.get("n", 1))
         sampled = float(request.get("temperature", 0.0)) > 0
-        texts = [answer_for(prompt, i if sampled else 0) for i in range(n)]
+        texts = [owner.answer(prompt, i if sampled else 0) for i in range(n)]
         prompt_tokens = len(json.dumps(prompt).split())
         choices = [({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"} if chat
                     else {"index": i, "text": t, "finish_reason": "stop"}) for i, t in enumerate(texts)]
@@ -194,6 +196,7 @@ class _Server(http.server.ThreadingHTTPServer):
 class TeacherServer:
     """Start with `with TeacherServer(...) as server:`; `server.base_url` ends in /v1.
 
+    `answer(prompt, sample)` makes the completion text (default `answer_for`).
     `answer_budget`: answer at most this many requests, then hold every
     further one until `release` is set; a held request whose client has
     gone by then is dropped unanswered. Lets a test stop the answers at
@@ -201,7 +204,8 @@ class TeacherServer:
     """
 
     def __init__(self, *, latency: float = 0.0, fault: FaultFn | None = None, api_key: str | None = None,
-                 answer_budget: int | None = None) -> None:
+                 answer_budget: int | None = None, answer: Callable[[object, int], str] = answer_for) -> None:
+        self.answer = answer
         self.latency = latency
         self.fault = fault
         self.api_key = api_key

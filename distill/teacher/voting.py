@@ -24,7 +24,8 @@ from distill.data.specs import get_spec
 class Vote:
     """teacher_label: the majority label (None when no sample parsed).
 
-    rationale: the first kept rationale; rationales: all kept, in sample order.
+    rationale: the first kept rationale (or, when no sample has a label, what
+      the parser recovered of the first one); rationales: all kept, in sample order.
     parse_ok: both a label and a kept rationale exist. error: why not.
     """
 
@@ -49,8 +50,10 @@ def vote(dataset: str, texts: list[str] | tuple[str, ...], *, gold: str | None =
     """Combine n raw completions of one prompt into one teacher output."""
     parsed = [parse_completion(dataset, text) for text in texts]
     keyed = [(p, _agreement_key(dataset, p.label)) for p in parsed if p.label is not None]
-    if not keyed:
-        return Vote(None, None, (), False, parsed[0].error if parsed else "no completion")
+    if not keyed:  # nothing to vote on: keep what the parser recovered from the first sample
+        if not parsed:
+            return Vote(None, None, (), False, "no completion")
+        return Vote(None, parsed[0].rationale, (), False, parsed[0].error)
     counts = collections.Counter(key for _, key in keyed)
     best = max(counts.values())
     winner = next(key for _, key in keyed if counts[key] == best)  # first among the tied
