@@ -1,0 +1,161 @@
+"""Gin for the entry points: configurable names, flag parsing, friendly errors.
+
+Imported only by `distill.train`, `distill.eval` and `distill.infer` (and the
+gin-file tests): the library itself never imports gin, so every function
+stays callable with plain keyword arguments. Names gin files may use:
+
+    T5Config            distill.models.t5.T5Config (model gin files)
+    make_optimizer      distill.optimizers.make_optimizer
+    make_schedule       distill.optimizers.make_schedule (logged learning rate)
+    Partitioner         distill.partitioning.Partitioner
+    rules_2d            distill.partitioning.rules_2d (2D parameter sharding)
+    train               distill.train.train
+    evaluate_checkpoint distill.eval.evaluate_checkpoint
+    infer_checkpoint    distill.infer.infer_checkpoint
+
+Flags follow T5X: `--gin_file` (repeatable), `--gin.NAME=VALUE` (rewritten
+to `--gin_bindings='NAME = VALUE'`), `--gin_search_paths` (comma list); the
+shipped gin_configs/ folder is always searched last, so
+`--gin_file=experiments/svamp/step_by_step_gt_tiny.gin` works from anywhere
+and `--gin_file=gin_configs/experiments/...` from the repo root.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+from absl import flags
+
+from distill import optimizers, partitioning
+from distill.errors import UserError
+from distill.gin_paths import gin_configs_dir
+from distill.models import t5
+
+T5Config = gin.external_configurable(t5.T5Config, "T5Config")
+make_optimizer = gin.external_configurable(optimizers.make_optimizer, "make_optimizer")
+make_schedule = gin.external_configurable(optimizers.make_schedule, "make_schedule")
+Partitioner = gin.external_configurable(partitioning.Partitioner, "Partitioner")
+rules_2d = gin.external_configurable(partitioning.rules_2d, "rules_2d")
+
+_registered: dict[str, Any] = {}
+
+
+def configurable(fn: Any, name: str) -> Any:
+    """Registers an entry point's library function under `name` once; returns the gin wrapper."""
+    if name not in _registered:
+        _registered[name] = gin.external_configurable(fn, name)
+    return _registered[name]
+
+
+def register_entry_points() -> dict[str, Any]:
+    """Registers train / evaluate_checkpoint / infer_checkpoint (for parsing any run file)."""
+    from distill import eval as eval_lib
+    from distill import infer as infer_lib
+    from distill import train as train_lib
+
+    return {
+        "train": configurable(train_lib.train, "train"),
+        "evaluate_checkpoint": configurable(eval_lib.evaluate_checkpoint, "evaluate_checkpoint"),
+        "infer_checkpoint": configurable(infer_lib.infer_checkpoint, "infer_checkpoint"),
+    }
+
+
+# ----------------------------------------------------------------------------
+# Flags
+# ----------------------------------------------------------------------------
+
+
+def define_gin_flags(flag_values: flags.FlagValues) -> None:
+    """Adds --gin_file, --gin_bindings, --gin_search_paths to a (private) FlagValues."""
+    flags.DEFINE_multi_string("gin_file", [], "gin file(s), searched in --gin_search_paths and gin_configs/",
+                              flag_values=flag_values)
+    flags.DEFINE_multi_string("gin_bindings", [], "gin binding(s), e.g. 'TRAIN_STEPS = 100'",
+                              flag_values=flag_values)
+    flags.DEFINE_list("gin_search_paths", [], "comma-separated folders searched for gin files",
+                      flag_values=flag_values)
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X's shorthand)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            out.append(f"--gin_bindings={name} = {value}")
+        elif arg.startswith("--gin."):
+            raise UserError(f"{arg!r} has no value: write --gin.NAME=VALUE (strings quoted: --gin.MODEL_DIR=\"'dir'\")")
+        else:
+            out.append(arg)
+    return out
+
+
+def parse_flags(flag_values: flags.FlagValues, prog: str, argv: Sequence[str]) -> None:
+    """Parses argv into flag_values; a bad flag is a UserError, not an absl traceback."""
+    try:
+        flag_values([prog, *rewrite_gin_args(argv)])
+    except flags.Error as err:
+        raise UserError(f"{prog}: {err}") from None
+
+
+# ----------------------------------------------------------------------------
+# Parsing gin files with one-line errors
+# ----------------------------------------------------------------------------
+
+
+def search_paths(extra: Sequence[str] = ()) -> list[str]:
+    """The user's search paths, then the repo root (for gin_configs/...), then gin_configs/."""
+    configs = gin_configs_dir()
+    return [*extra, os.path.dirname(configs), configs]
+
+
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], extra_search_paths: Sequence[str] = (),
+              *, skip_unknown: bool = False) -> None:
+    """Clears gin and parses the files then the bindings.
+
+    Any gin error (missing file, syntax error, unknown configurable or
+    parameter) becomes a UserError naming the file or binding and the fix.
+    """
+    register_entry_points()
+    gin.clear_config()
+    for path in search_paths(extra_search_paths):
+        if path not in gin.config._LOCATION_PREFIXES:  # gin has no public "is searched" query
+            gin.add_config_file_search_path(path)
+    for gin_file in gin_files:
+        _parse_one(gin_file, lambda: gin.parse_config_file(gin_file, skip_unknown=skip_unknown),
+                   f"gin file {gin_file}")
+    for binding in gin_bindings:
+        _parse_one(binding, lambda: gin.parse_config(binding, skip_unknown=skip_unknown),
+                   f"gin binding {binding!r}")
+
+
+def _parse_one(source: str, parse: Any, what: str) -> None:
+    try:
+        parse()
+    except UserError:
+        raise
+    except OSError as err:
+        first = str(err).splitlines()[0]
+        raise UserError(f"{what}: {first} (paths are relative to --gin_search_paths or gin_configs/)") from None
+    except (SyntaxError, ValueError, TypeError, ImportError) as err:
+        raise UserError(f"{what}: {_one_line(err)}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    """Gin's multi-line message ('msg / In file X, line N / code') as one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and line.strip() != "^"]
+    return " | ".join(lines) if lines else type(err).__name__
+
+
+def check_required_macros() -> None:
+    """UserError naming every macro still bound to %gin.REQUIRED after parsing.
+
+    (Gin 0.5 passes the REQUIRED sentinel through macros silently, so the
+    check must happen here, before the entry point runs.)
+    """
+    missing = re.findall(r"^([A-Za-z_][A-Za-z0-9_.]*) = %gin\.REQUIRED$", gin.config_str(), flags=re.MULTILINE)
+    if missing:
+        raise UserError(f"required gin macro(s) not set: {', '.join(missing)}; add --gin.{missing[0]}=... "
+                        "or a gin file that sets them (see the opening comment of runs/*.gin)")

@@ -1,0 +1,409 @@
+"""Train a step-by-step student: the T5X-style entry point and the library function.
+
+    python -m distill.train \\
+      --gin_file=gin_configs/experiments/svamp/step_by_step_gt_tiny.gin \\
+      --gin.MODEL_DIR="'runs/svamp_tiny'" --gin.TRAIN_STEPS=60
+
+`train(*, ...)` reads top to bottom: check every input (one clear UserError
+before anything is compiled), vocabulary, tasks, model and state (fresh,
+imported, or resumed from MODEL_DIR's latest checkpoint with the data
+position saved in it), then the loop that logs, evaluates, checkpoints and
+stops cleanly on SIGTERM. Relaunching the same command resumes; a run killed
+with -9 and relaunched ends with the same parameters as an uninterrupted one
+(same data order, same dropout keys, same optimizer state).
+
+Model dir layout: checkpoints/<step>, events/ (TensorBoard), predictions/,
+metrics.json, run.json (what eval/infer need), config.gin, vocab/.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from distill.errors import UserError
+
+RUN_FILE = "run.json"
+VOCAB_FILE = os.path.join("vocab", "spm.model")
+# T5Config fields that decide parameter shapes (a checkpoint must agree on them).
+SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
+                "num_decoder_layers", "relative_attention_num_buckets", "feed_forward_proj",
+                "tie_word_embeddings")
+
+
+def train(
+    *,
+    model_dir: str,
+    dataset: str,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    train_steps: int,
+    batch_size: int,
+    model_config: Any,
+    optimizer: Any,
+    partitioner: Any = None,
+    learning_rate_fn: Callable[[Any], Any] | None = None,
+    alpha: float = 0.5,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    num_microbatches: int = 1,
+    train_fraction: float = 1.0,
+    data_dir: str | None = None,
+    tfds_dir: str | None = None,
+    vocabulary_path: str | None = None,
+    vocabulary_size: int = 4000,
+    initial_checkpoint_path: str | None = None,
+    seed: int = 0,
+    pack: bool = True,
+    eval_period: int = 0,
+    eval_splits: Sequence[str] = ("validation", "test"),
+    eval_batch_size: int = 64,
+    max_decode_length: int = 64,
+    decode_method: str = "greedy",
+    num_beams: int = 4,
+    num_rationale_examples: int = 4,
+    checkpoint_period: int = 0,
+    keep_checkpoints: int = 3,
+    async_checkpointing: bool = True,
+    log_period: int = 10,
+    peak_flops: float | None = None,
+    config_text: str | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes) a run in `model_dir`; returns the final metrics.json content.
+
+    Args (gin macro in brackets, see gin_configs/runs/train.gin):
+      model_dir [MODEL_DIR]: output folder; an existing run there is resumed.
+      dataset [DATASET]: svamp | cqa | esnli | anli1 | jsonl.
+      mixture_or_task_name [MIXTURE_OR_TASK_NAME]: e.g. svamp_step_by_step_gt.
+      task_feature_lengths [TASK_FEATURE_LENGTHS]: {"inputs": Li, "targets": Lt}.
+      train_steps [TRAIN_STEPS], batch_size [BATCH_SIZE] (global, rows).
+      model_config: a T5Config. optimizer: an optax transformation.
+      partitioner: distill.partitioning.Partitioner (default: 1 model partition).
+      learning_rate_fn: step -> lr, only for logging.
+      alpha [ALPHA]: label-task weight (1.0 = label task only).
+      train_fraction [TRAIN_FRACTION], data_dir [DATA_DIR] (None: $DISTILL_DATA_DIR),
+      tfds_dir: read the TFDS datasets `distill data build` prepared there.
+      vocabulary_path [VOCABULARY_PATH]: None = the initial HF checkpoint's
+        spiece.model if any, else MODEL_DIR/vocab/spm.model (trained once, then reused).
+      initial_checkpoint_path [INITIAL_CHECKPOINT_PATH]: HF T5 folder, or one of
+        our model dirs / checkpoints/<step> folders; used only for a fresh run.
+      eval_period [EVAL_PERIOD], checkpoint_period [CHECKPOINT_PERIOD]: in steps,
+        0 = only at the end. peak_flops [PEAK_FLOPS]: all devices' peak FLOP/s (MFU).
+      config_text: the gin config, written to MODEL_DIR/config.gin.
+    """
+    import jax
+
+    from distill import checkpointing, flops, input_pipeline
+    from distill.evaluation import EvalSettings, Evaluator, write_atomically
+    from distill.metric_writer import MetricWriter
+    from distill.partitioning import Partitioner
+    from distill.trainer import Trainer
+
+    # ------------------------------------------------------------ check inputs
+    lengths = _check_lengths(task_feature_lengths)
+    for name, value in (("train_steps", train_steps), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{name}={value!r} must be a positive integer (--gin.{name.upper()}=...)")
+    for name, value in (("eval_period", eval_period), ("checkpoint_period", checkpoint_period)):
+        if not isinstance(value, int) or value < 0:
+            raise UserError(f"{name}={value!r} must be an integer >= 0 (0 = only at the end)")
+    data_dir = _check_data(dataset, data_dir)
+    partitioner = partitioner if partitioner is not None else Partitioner()
+    partitioner.check_batch_size(batch_size)
+    shard = partitioner.input_shard()
+    primary = jax.process_index() == 0
+    os.makedirs(model_dir, exist_ok=True)
+    run_info = _read_run_file(model_dir)
+    if run_info:
+        _check_same_shapes(model_config, run_info.get("model_config", {}), f"{model_dir} holds a run whose")
+    initial = _inspect_initial_checkpoint(initial_checkpoint_path, model_config)
+
+    # -------------------------------------------------------- vocab and tasks
+    vocab_path = _resolve_vocabulary(vocabulary_path, initial, model_dir, run_info, dataset, data_dir,
+                                     vocabulary_size, primary)
+    from distill.tasks import register_tasks
+    from distill.vocab import load_vocabulary
+
+    vocabulary = load_vocabulary(vocab_path)
+    if vocabulary.vocab_size > model_config.vocab_size:
+        raise UserError(f"vocabulary {vocab_path} has {vocabulary.vocab_size} pieces but T5Config.vocab_size is "
+                        f"{model_config.vocab_size}: set --gin.T5Config.vocab_size={_round_up(vocabulary.vocab_size)}")
+    names = register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocabulary, train_fraction=train_fraction,
+                           tfds_dir=tfds_dir)
+    if mixture_or_task_name not in names:
+        raise UserError(f"unknown task or mixture {mixture_or_task_name!r} for dataset {dataset!r}; "
+                        f"registered: {', '.join(names)}")
+    label_task, rationale_task = _eval_tasks(mixture_or_task_name, names)
+
+    # ------------------------------------------------------- model and state
+    trainer = Trainer(config=model_config, optimizer=optimizer, partitioner=partitioner, alpha=alpha,
+                      label_smoothing=label_smoothing, z_loss=z_loss, num_microbatches=num_microbatches,
+                      seed=seed)
+    if batch_size % (num_microbatches * partitioner.data_parallel_size):
+        raise UserError(f"batch size {batch_size} is not divisible by num_microbatches ({num_microbatches}) x "
+                        f"data-parallel size ({partitioner.data_parallel_size})")
+    data_spec = input_pipeline.TrainDataSpec(
+        mixture_or_task_name=mixture_or_task_name, task_feature_lengths=tuple(sorted(lengths.items())),
+        batch_size=batch_size // shard.num_shards, pack=pack, seed=seed, shard_index=shard.index,
+        num_shards=shard.num_shards)
+    manager = checkpointing.CheckpointManager(model_dir, save_every=checkpoint_period or train_steps,
+                                              keep=keep_checkpoints, async_save=async_checkpointing)
+    latest = manager.latest_step()
+    if primary:
+        write_atomically(os.path.join(model_dir, RUN_FILE), json.dumps({
+            "dataset": dataset, "data_dir": os.path.abspath(data_dir), "train_fraction": train_fraction,
+            "mixture_or_task_name": mixture_or_task_name, "label_task": label_task,
+            "rationale_task": rationale_task, "task_feature_lengths": lengths,
+            "vocabulary_path": os.path.abspath(vocab_path), "model_config": _config_dict(model_config),
+        }, indent=2) + "\n")
+        if config_text:
+            write_atomically(os.path.join(model_dir, "config.gin"), config_text)
+
+    position = 0
+    if latest is not None:
+        state, extra = manager.restore(trainer.abstract_state, trainer.state_shardings)
+        input_pipeline.check_data_state(data_spec, extra)
+        position = int(extra.get("position", 0))
+        print(f"resuming {model_dir} from step {latest}", flush=True)
+    elif initial is not None:
+        state = trainer.init_from_params(_load_initial_params(initial, trainer, partitioner))
+    else:
+        state = trainer.create_state()
+    step = int(jax.device_get(state.step))
+    data = input_pipeline.TrainData(data_spec, position=position)
+
+    evaluator = Evaluator(
+        label_task=label_task, rationale_task=rationale_task, dataset=dataset, vocabulary=vocabulary,
+        output_dir=model_dir, write=primary,
+        settings=EvalSettings(splits=tuple(eval_splits), batch_size=eval_batch_size,
+                              max_input_length=lengths["inputs"], max_decode_length=max_decode_length,
+                              method=decode_method, num_beams=num_beams,
+                              num_rationale_examples=num_rationale_examples,
+                              rationale_max_decode_length=lengths["targets"]))
+    writer = MetricWriter(os.path.join(model_dir, "events"), total_steps=train_steps, peak_flops=peak_flops,
+                          enabled=primary)
+
+    def run_eval(at_step: int) -> None:
+        for split, metrics in evaluator.evaluate(model_config, state.params, at_step).items():
+            writer.report_eval(at_step, split, metrics)
+        writer.flush()
+
+    # ------------------------------------------------------------- train loop
+    preempted = False
+    with checkpointing.PreemptionGuard() as guard:
+        pending: list[tuple[Any, int]] = []
+        while step < train_steps:
+            batch = next(data)
+            input_tokens, target_tokens = input_pipeline.count_tokens(batch)
+            state, metrics = trainer.train_step(state, batch)
+            step += 1
+            pending.append(metrics)
+            writer.throughput.add(
+                tokens=(input_tokens + target_tokens) * shard.num_shards,
+                flops=flops.train_flops(model_config, input_tokens=input_tokens * shard.num_shards,
+                                        target_tokens=target_tokens * shard.num_shards,
+                                        input_length=lengths["inputs"], target_length=lengths["targets"]))
+            if step % log_period == 0 or step == train_steps:
+                scalars = _mean_metrics(jax.device_get(pending))
+                if learning_rate_fn is not None:
+                    scalars["learning_rate"] = float(learning_rate_fn(step - 1))
+                writer.report_train(step, scalars)
+                pending = []
+            manager.save(step, state, {**data.state(), "seed": seed}, force=step == train_steps)
+            if eval_period and step % eval_period == 0 and step < train_steps:
+                run_eval(step)
+            if guard.should_stop():
+                manager.save(step, state, {**data.state(), "seed": seed}, force=True)
+                preempted = True
+                break
+    manager.close()
+
+    # ------------------------------------------------------------ final eval
+    if not preempted and not evaluator.has_step(step):
+        run_eval(step)
+    writer.close()
+    if preempted:
+        print(f"stopped by SIGTERM at step {step}; checkpoint saved, relaunch to resume", flush=True)
+    from distill.evaluation import read_metrics_file
+
+    return {**read_metrics_file(model_dir), "preempted": preempted, "step": step}
+
+
+# ----------------------------------------------------------------------------
+# Checks and helpers (all before compilation)
+# ----------------------------------------------------------------------------
+
+
+def _check_lengths(task_feature_lengths: Any) -> dict[str, int]:
+    if not isinstance(task_feature_lengths, Mapping) or set(task_feature_lengths) != {"inputs", "targets"}:
+        raise UserError(f"TASK_FEATURE_LENGTHS={task_feature_lengths!r} must be "
+                        "{'inputs': <int>, 'targets': <int>}")
+    lengths = dict(task_feature_lengths)
+    for key, value in lengths.items():
+        if not isinstance(value, int) or value < 2:
+            raise UserError(f"TASK_FEATURE_LENGTHS[{key!r}]={value!r} must be an integer >= 2")
+    return lengths
+
+
+def _check_data(dataset: str, data_dir: str | None) -> str:
+    """The resolved data dir; UserError for an unknown dataset or missing files."""
+    from distill.data import datasets
+
+    datasets.get_spec(dataset)
+    data_dir = datasets.resolve_data_dir(data_dir)
+    if dataset == "jsonl":
+        missing = [f for f in ("train.jsonl", "test.jsonl") if not os.path.isfile(os.path.join(data_dir, f))]
+    else:
+        missing = [] if dataset in datasets.available_datasets(data_dir) else [f"{dataset}/{dataset}_train.json"]
+    if missing:
+        raise UserError(f"no {dataset} data in {data_dir} (missing {missing[0]}); set DATA_DIR/--gin.DATA_DIR or "
+                        "$DISTILL_DATA_DIR to the folder holding it, or run `distill data download`")
+    return data_dir
+
+
+def _read_run_file(model_dir: str) -> dict[str, Any]:
+    path = os.path.join(model_dir, RUN_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is unreadable ({err}); it describes the run in {model_dir}: restore it or "
+                        "use a new MODEL_DIR") from None
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+def _check_same_shapes(config: Any, other: Mapping[str, Any], what: str) -> None:
+    for field in SHAPE_FIELDS:
+        if field in other and other[field] != getattr(config, field):
+            raise UserError(f"{what} {field} is {other[field]!r} but this config has {getattr(config, field)!r}: "
+                            "use the same model gin file or a new MODEL_DIR")
+
+
+def _inspect_initial_checkpoint(path: str | None, config: Any) -> dict[str, Any] | None:
+    """{"kind": "hf"|"run", "path": ...} after checking its shapes against `config`."""
+    if not path:
+        return None
+    if not os.path.exists(path):
+        raise UserError(f"INITIAL_CHECKPOINT_PATH {path} does not exist: give a Hugging Face T5 folder or a "
+                        "distill model dir")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        from distill.models.checkpoints import config_from_hf
+
+        try:
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+                hf_config = config_from_hf(json.load(f))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}/config.json is not JSON ({err})") from None
+        _check_same_shapes(config, _config_dict(hf_config), f"INITIAL_CHECKPOINT_PATH {path} has")
+        return {"kind": "hf", "path": path}
+    run_dir = path
+    while run_dir and not os.path.isfile(os.path.join(run_dir, RUN_FILE)) and os.path.dirname(run_dir) != run_dir:
+        run_dir = os.path.dirname(run_dir.rstrip("/"))
+    run_info = _read_run_file(run_dir) if run_dir else {}
+    if not run_info:
+        raise UserError(f"INITIAL_CHECKPOINT_PATH {path} is neither a Hugging Face T5 folder (config.json) nor a "
+                        "distill model dir (run.json)")
+    _check_same_shapes(config, run_info.get("model_config", {}), f"INITIAL_CHECKPOINT_PATH {path} has")
+    return {"kind": "run", "path": path, "vocabulary_path": run_info.get("vocabulary_path")}
+
+
+def _load_initial_params(initial: dict[str, Any], trainer: Any, partitioner: Any) -> Any:
+    if initial["kind"] == "hf":
+        from distill.models.checkpoints import load_hf_checkpoint
+
+        _, params = load_hf_checkpoint(initial["path"])
+        return params
+    from distill import checkpointing
+
+    return checkpointing.restore_params(initial["path"], trainer.abstract_state.params,
+                                        trainer.state_shardings.params)
+
+
+def _resolve_vocabulary(vocabulary_path: str | None, initial: dict[str, Any] | None, model_dir: str,
+                        run_info: Mapping[str, Any], dataset: str, data_dir: str, size: int, primary: bool) -> str:
+    """The vocabulary file: given, the initial checkpoint's, the run's own, or a new trained one."""
+    if vocabulary_path:
+        return vocabulary_path
+    if initial and initial["kind"] == "hf" and os.path.isfile(os.path.join(initial["path"], "spiece.model")):
+        return os.path.join(initial["path"], "spiece.model")
+    if initial and initial["kind"] == "run" and initial.get("vocabulary_path"):
+        return initial["vocabulary_path"]
+    own = os.path.join(model_dir, VOCAB_FILE)
+    if os.path.isfile(own):
+        return own
+    if run_info.get("vocabulary_path") and os.path.isfile(run_info["vocabulary_path"]):
+        return run_info["vocabulary_path"]
+    if primary:
+        from distill.vocab import train_vocabulary_for_dataset
+
+        print(f"training a {size}-piece SentencePiece vocabulary on {dataset} into {own}", flush=True)
+        train_vocabulary_for_dataset(dataset, data_dir, size=size, out_path=own)
+    return own
+
+
+def _round_up(n: int, multiple: int = 128) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _eval_tasks(mixture_or_task_name: str, names: Sequence[str]) -> tuple[str, str | None]:
+    """(label task to evaluate, rationale task or None) for a mixture or task name."""
+    label = mixture_or_task_name.replace("_step_by_step_", "_label_")
+    if label not in names:
+        raise UserError(f"cannot tell which label task evaluates {mixture_or_task_name!r}; registered: "
+                        f"{', '.join(names)}")
+    prefix = label.rsplit("_label_", 1)[0]
+    rationale = f"{prefix}_rationale" if f"{prefix}_rationale" in names else None
+    return label, rationale
+
+
+def _mean_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Per-interval means of the step metrics (token counts are averaged too)."""
+    keys = history[0].keys()
+    return {key: float(sum(float(m[key]) for m in history) / len(history)) for key in keys}
+
+
+# ----------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distill.train --gin_file=... --gin.MACRO=value` (also `distill train`)."""
+    import gin
+    from absl import flags
+
+    from distill import gin_bindings
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flag_values = flags.FlagValues()
+    gin_bindings.define_gin_flags(flag_values)
+    try:
+        gin_bindings.parse_flags(flag_values, "distill train", argv)
+        if not flag_values.gin_file:
+            raise UserError("no --gin_file given; e.g. --gin_file=experiments/svamp/step_by_step_gt_tiny.gin")
+        gin_bindings.parse_gin(flag_values.gin_file, flag_values.gin_bindings, flag_values.gin_search_paths)
+        gin_bindings.check_required_macros()
+        logging.basicConfig(level=logging.WARNING)
+        result = gin_bindings.register_entry_points()["train"](config_text=gin.config_str())
+    except UserError as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    summary = {k: result[k] for k in ("step", "test_accuracy", "valid_accuracy") if k in result}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    from distill import train as _train_module  # run the importable copy, not __main__'s
+
+    sys.exit(_train_module.main())
