@@ -61,3 +61,9 @@ class BatchBackend(Protocol):
 
     def generate_batch(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """Completions for `prompts`, in the same order."""
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text before the first stop string: what a server does with `stop`, for local backends."""
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return text if cut < 0 else text[:cut]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from distill.errors import UserError
-from distill.teacher.backends.base import Prompt, SamplingParams
+from distill.teacher.backends.base import Prompt, SamplingParams, cut_at_stop
 from distill.teacher.cache import Completion
 
 
@@ -64,12 +64,7 @@ class HFBackend:
         for i, prompt_length in enumerate(prompt_lengths):
             rows = range(i * params.n, (i + 1) * params.n)
             generated = sum(int((new_tokens[r] != self._tokenizer.pad_token_id).sum()) for r in rows)
-            completions.append(Completion(tuple(_cut_at_stop(texts[r], params.stop) for r in rows),
+            completions.append(Completion(tuple(cut_at_stop(texts[r], params.stop) for r in rows),
                                           int(prompt_length), generated))
         return completions
 
-
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
-    """The text before the first stop string (what a server's `stop` does)."""
-    cut = min((text.find(s) for s in stop if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
