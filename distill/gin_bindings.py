@@ -21,8 +21,10 @@ and `--gin_file=gin_configs/experiments/...` from the repo root.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import tokenize
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,9 +108,16 @@ def parse_flags(flag_values: flags.FlagValues, prog: str, argv: Sequence[str]) -
 
 
 def search_paths(extra: Sequence[str] = ()) -> list[str]:
-    """The user's search paths, then the repo root (for gin_configs/...), then gin_configs/."""
+    """The user's search paths, then gin_configs/, then its parent (for `gin_configs/...`)."""
     configs = gin_configs_dir()
-    return [*extra, os.path.dirname(configs), configs]
+    return [*extra, configs, os.path.dirname(configs)]
+
+
+class _QuietSearch(logging.Filter):
+    """Drops gin's "Path not found" log line for every search path it tries."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Path not found")
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], extra_search_paths: Sequence[str] = (),
@@ -123,15 +132,28 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], extra_searc
     for path in search_paths(extra_search_paths):
         if path not in gin.config._LOCATION_PREFIXES:  # gin has no public "is searched" query
             gin.add_config_file_search_path(path)
-    for gin_file in gin_files:
-        _parse_one(gin_file, lambda: gin.parse_config_file(gin_file, skip_unknown=skip_unknown),
-                   f"gin file {gin_file}")
-    for binding in gin_bindings:
-        _parse_one(binding, lambda: gin.parse_config(binding, skip_unknown=skip_unknown),
-                   f"gin binding {binding!r}")
+    quiet = _QuietSearch()
+    logging.getLogger().addFilter(quiet)
+    try:
+        for gin_file in gin_files:
+            _find_gin_file(gin_file, extra_search_paths)
+            _parse_one(lambda: gin.parse_config_file(gin_file, skip_unknown=skip_unknown), f"gin file {gin_file}")
+        for binding in gin_bindings:
+            _parse_one(lambda: gin.parse_config(binding, skip_unknown=skip_unknown), f"gin binding {binding!r}")
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
-def _parse_one(source: str, parse: Any, what: str) -> None:
+def _find_gin_file(gin_file: str, extra_search_paths: Sequence[str]) -> None:
+    """UserError naming the searched folders when a --gin_file exists in none of them."""
+    folders = ["", *search_paths(extra_search_paths)]
+    if not any(os.path.isfile(os.path.join(folder, gin_file)) for folder in folders):
+        shown = ", ".join(folder or "." for folder in folders)
+        raise UserError(f"gin file {gin_file} not found (searched {shown}); e.g. "
+                        "--gin_file=experiments/svamp/step_by_step_gt_tiny.gin")
+
+
+def _parse_one(parse: Any, what: str) -> None:
     try:
         parse()
     except UserError:
@@ -139,7 +161,11 @@ def _parse_one(source: str, parse: Any, what: str) -> None:
     except OSError as err:
         first = str(err).splitlines()[0]
         raise UserError(f"{what}: {first} (paths are relative to --gin_search_paths or gin_configs/)") from None
-    except (SyntaxError, ValueError, TypeError, ImportError) as err:
+    except TypeError as err:
+        if "PathLike" in str(err):  # gin 0.5's way of saying an included file was not found
+            raise UserError(f"{what}: a file it includes was not found in --gin_search_paths or gin_configs/") from None
+        raise UserError(f"{what}: {_one_line(err)}") from None
+    except (SyntaxError, ValueError, ImportError, tokenize.TokenError) as err:
         raise UserError(f"{what}: {_one_line(err)}") from None
 
 
@@ -147,6 +173,41 @@ def _one_line(err: BaseException) -> str:
     """Gin's multi-line message ('msg / In file X, line N / code') as one line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip() and line.strip() != "^"]
     return " | ".join(lines) if lines else type(err).__name__
+
+
+def run_entry_point(prog: str, argv: Sequence[str] | None, entry: str, *, default_gin_file: str | None = None,
+                    checkpoint_flag: bool = False, pass_config_text: bool = False) -> tuple[int, Any]:
+    """Flags -> gin -> the `entry` configurable; returns (exit code, its result).
+
+    A UserError anywhere (flags, gin files, required macros, the run's own
+    checks) is printed as one `error: ...` line and gives exit code 2.
+    `--checkpoint X` (when checkpoint_flag) is shorthand for
+    `--gin.CHECKPOINT_PATH="'X'"`; pass_config_text hands the parsed config
+    to the entry as `config_text` (train writes it to MODEL_DIR/config.gin).
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flag_values = flags.FlagValues()
+    define_gin_flags(flag_values)
+    if checkpoint_flag:
+        flags.DEFINE_string("checkpoint", None, "model dir (latest checkpoint) or <model_dir>/checkpoints/<step>",
+                            flag_values=flag_values)
+    try:
+        parse_flags(flag_values, prog, argv)
+        gin_files = list(flag_values.gin_file) or ([default_gin_file] if default_gin_file else [])
+        if not gin_files:
+            raise UserError(f"{prog}: no --gin_file given; e.g. --gin_file=experiments/svamp/step_by_step_gt_tiny.gin")
+        bindings = list(flag_values.gin_bindings)
+        if checkpoint_flag and flag_values.checkpoint:
+            bindings.append(f"CHECKPOINT_PATH = {flag_values.checkpoint!r}")
+        parse_gin(gin_files, bindings, flag_values.gin_search_paths)
+        check_required_macros()
+        kwargs = {"config_text": gin.config_str()} if pass_config_text else {}
+        return 0, register_entry_points()[entry](**kwargs)
+    except UserError as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2, None
 
 
 def check_required_macros() -> None:

@@ -18,7 +18,6 @@ metrics.json, run.json (what eval/infer need), config.gin, vocab/.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -54,7 +53,7 @@ def train(
     data_dir: str | None = None,
     tfds_dir: str | None = None,
     vocabulary_path: str | None = None,
-    vocabulary_size: int = 4000,
+    vocabulary_size: int | None = None,
     initial_checkpoint_path: str | None = None,
     seed: int = 0,
     pack: bool = True,
@@ -65,6 +64,7 @@ def train(
     decode_method: str = "greedy",
     num_beams: int = 4,
     num_rationale_examples: int = 4,
+    eval_max_examples: int | None = None,
     checkpoint_period: int = 0,
     keep_checkpoints: int = 3,
     async_checkpointing: bool = True,
@@ -87,9 +87,11 @@ def train(
       train_fraction [TRAIN_FRACTION], data_dir [DATA_DIR] (None: $DISTILL_DATA_DIR),
       tfds_dir: read the TFDS datasets `distill data build` prepared there.
       vocabulary_path [VOCABULARY_PATH]: None = the initial HF checkpoint's
-        spiece.model if any, else MODEL_DIR/vocab/spm.model (trained once, then reused).
+        spiece.model if any, else MODEL_DIR/vocab/spm.model (trained once, then reused)
+        with at most `vocabulary_size` pieces (default: model_config.vocab_size).
       initial_checkpoint_path [INITIAL_CHECKPOINT_PATH]: HF T5 folder, or one of
         our model dirs / checkpoints/<step> folders; used only for a fresh run.
+      eval_max_examples: decode only the first N examples of each split (None = all).
       eval_period [EVAL_PERIOD], checkpoint_period [CHECKPOINT_PERIOD]: in steps,
         0 = only at the end. peak_flops [PEAK_FLOPS]: all devices' peak FLOP/s (MFU).
       config_text: the gin config, written to MODEL_DIR/config.gin.
@@ -123,7 +125,7 @@ def train(
 
     # -------------------------------------------------------- vocab and tasks
     vocab_path = _resolve_vocabulary(vocabulary_path, initial, model_dir, run_info, dataset, data_dir,
-                                     vocabulary_size, primary)
+                                     vocabulary_size or model_config.vocab_size, primary)
     from distill.tasks import register_tasks
     from distill.vocab import load_vocabulary
 
@@ -182,7 +184,7 @@ def train(
                               max_input_length=lengths["inputs"], max_decode_length=max_decode_length,
                               method=decode_method, num_beams=num_beams,
                               num_rationale_examples=num_rationale_examples,
-                              rationale_max_decode_length=lengths["targets"]))
+                              rationale_max_decode_length=lengths["targets"], max_examples=eval_max_examples))
     writer = MetricWriter(os.path.join(model_dir, "events"), total_steps=train_steps, peak_flops=peak_flops,
                           enabled=primary)
 
@@ -379,26 +381,12 @@ def _mean_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m distill.train --gin_file=... --gin.MACRO=value` (also `distill train`)."""
-    import gin
-    from absl import flags
-
     from distill import gin_bindings
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flag_values = flags.FlagValues()
-    gin_bindings.define_gin_flags(flag_values)
-    try:
-        gin_bindings.parse_flags(flag_values, "distill train", argv)
-        if not flag_values.gin_file:
-            raise UserError("no --gin_file given; e.g. --gin_file=experiments/svamp/step_by_step_gt_tiny.gin")
-        gin_bindings.parse_gin(flag_values.gin_file, flag_values.gin_bindings, flag_values.gin_search_paths)
-        gin_bindings.check_required_macros()
-        logging.basicConfig(level=logging.WARNING)
-        result = gin_bindings.register_entry_points()["train"](config_text=gin.config_str())
-    except UserError as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    summary = {k: result[k] for k in ("step", "test_accuracy", "valid_accuracy") if k in result}
+    code, result = gin_bindings.run_entry_point("distill train", argv, "train", pass_config_text=True)
+    if code:
+        return code
+    summary = {k: result[k] for k in ("step", "test_accuracy", "validation_accuracy") if k in result}
     print(json.dumps(summary))
     return 0
 

@@ -1,0 +1,283 @@
+"""Training throughput of the student: steps/s, non-padding tokens/s, peak memory, MFU.
+
+Three sources of batches, one measurement (compile excluded: `--warmup`
+steps first, then `--steps` timed steps ending with a device sync):
+
+  # A gin experiment through the real SeqIO pipeline (needs TensorFlow + data):
+  python scripts/bench_train.py --gin_file=experiments/svamp/step_by_step_gt_tiny.gin
+
+  # The reference measurement's exact setup (paper's PyTorch code, same machine):
+  # T5 v1.1 shape d_model 256 / d_ff 1024 / d_kv 32 / 4 heads / 4+4 layers,
+  # vocab 4000 trained on SVAMP, batch 32, max input 256, AdamW.
+  python scripts/bench_train.py --reference standard
+  python scripts/bench_train.py --reference step_by_step
+
+  # Synthetic packed batches, no TensorFlow/seqio imported (GPU machines):
+  python scripts/bench_train.py --synthetic --model base --dtype bfloat16 \\
+      --batch-size 64 --peak-flops 989e12
+
+Synthetic rows are packed to inputs 512 / targets 128 with SVAMP-like
+lengths: inputs 40-160 tokens, labels 4-16, rationales 40-120; the
+step-by-step mix alternates label and rationale examples (`--method
+standard` packs labels only). MFU uses distill.flops (non-padding tokens,
+encoder weights x input tokens + decoder weights x target tokens, plus
+attention). Peak memory: the process's max RSS, and on accelerators the
+device's peak bytes in use.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+REFERENCE = {  # the paper's code on this 2-core machine (issue 5)
+    "standard": {"steps_per_sec": 1.19, "tokens_per_sec": 1970.0, "peak_rss_gb": 1.4},
+    "step_by_step": {"steps_per_sec": 0.41, "tokens_per_sec": None, "peak_rss_gb": 3.0},
+}
+MODELS = ("micro", "tiny", "small", "base", "large")
+MICRO = ["T5Config.d_model = 32", "T5Config.d_kv = 8", "T5Config.d_ff = 64", "T5Config.num_heads = 2",
+         "T5Config.num_encoder_layers = 1", "T5Config.num_decoder_layers = 1", "VOCAB_SIZE = 512"]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from distill.gin_bindings import rewrite_gin_args
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gin_file", action="append", help="experiment gin file(s) (real SeqIO pipeline)")
+    source.add_argument("--reference", choices=tuple(REFERENCE), help="the reference measurement's setup")
+    source.add_argument("--synthetic", action="store_true", help="random packed batches, no TensorFlow")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings (--gin.X=Y works)")
+    parser.add_argument("--model", choices=MODELS, default="tiny", help="T5 v1.1 size (synthetic/reference)")
+    parser.add_argument("--method", choices=("standard", "step_by_step"), default="step_by_step",
+                        help="synthetic task mix")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default: config / 32)")
+    parser.add_argument("--input-length", type=int, default=512)
+    parser.add_argument("--target-length", type=int, default=128)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    parser.add_argument("--remat", choices=("none", "full", "minimal"), default="none")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    parser.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s of all devices, for MFU")
+    parser.add_argument("--data-dir", default=None, help="default: $DISTILL_DATA_DIR")
+    return parser.parse_args(rewrite_gin_args(argv))
+
+
+# ----------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------
+
+
+def synthetic_batches(*, batch_size: int, input_length: int, target_length: int, vocab_size: int,
+                      method: str, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Endless packed batches in THE training batch format (distill.feature_converters)."""
+    rng = np.random.default_rng(seed)
+    keys = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions", "decoder_input_tokens",
+            "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids", "decoder_positions",
+            "decoder_task_ids")
+    count = 0
+    while True:
+        batch = {k: np.zeros((batch_size, input_length if k.startswith("encoder") else target_length), np.int32)
+                 for k in keys}
+        for row in range(batch_size):
+            used_in = used_tgt = 0
+            segment = 0
+            while True:
+                rationale = method == "step_by_step" and count % 2 == 1
+                n_in = int(rng.integers(40, 161))
+                n_tgt = int(rng.integers(40, 121) if rationale else rng.integers(4, 17))
+                if used_in + n_in > input_length or used_tgt + n_tgt > target_length:
+                    break
+                count += 1
+                segment += 1
+                targets = rng.integers(2, vocab_size, n_tgt)
+                targets[-1] = 1  # EOS
+                enc, dec = slice(used_in, used_in + n_in), slice(used_tgt, used_tgt + n_tgt)
+                batch["encoder_input_tokens"][row, enc] = rng.integers(2, vocab_size, n_in)
+                batch["encoder_input_tokens"][row, used_in + n_in - 1] = 1
+                batch["encoder_segment_ids"][row, enc] = segment
+                batch["encoder_positions"][row, enc] = np.arange(n_in)
+                batch["decoder_target_tokens"][row, dec] = targets
+                batch["decoder_input_tokens"][row, dec] = np.concatenate([[0], targets[:-1]])
+                batch["decoder_loss_weights"][row, dec] = 1
+                batch["decoder_segment_ids"][row, dec] = segment
+                batch["decoder_positions"][row, dec] = np.arange(n_tgt)
+                batch["decoder_task_ids"][row, dec] = int(rationale)
+                used_in += n_in
+                used_tgt += n_tgt
+        yield batch
+
+
+def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, batch_size: int | None,
+              reference_mode: str | None = None) -> tuple[Any, Any, Iterator[dict[str, np.ndarray]], dict[str, int]]:
+    """(T5Config, optimizer, numpy batches, lengths) of a gin experiment via the SeqIO pipeline."""
+    import os
+    import tempfile
+
+    import gin
+
+    from distill import gin_bindings, input_pipeline
+    from distill.data import datasets
+    from distill.tasks import register_tasks
+    from distill.vocab import load_vocabulary, train_vocabulary_for_dataset
+
+    gin_bindings.parse_gin(gin_files, bindings)
+    macro = gin.query_parameter
+    config = gin_bindings.T5Config()
+    optimizer = gin_bindings.make_optimizer()
+    dataset = macro("%DATASET")
+    data_dir = datasets.resolve_data_dir(data_dir or macro("%DATA_DIR"))
+    vocab_path = macro("%VOCABULARY_PATH")
+    if not vocab_path:
+        vocab_path = os.path.join(tempfile.mkdtemp(prefix="bench_vocab_"), "spm.model")
+        train_vocabulary_for_dataset(dataset, data_dir, size=config.vocab_size, out_path=vocab_path)
+    lengths = dict(macro("%TASK_FEATURE_LENGTHS"))
+    register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=load_vocabulary(vocab_path),
+                   train_fraction=macro("%TRAIN_FRACTION"))
+    spec = input_pipeline.TrainDataSpec(
+        mixture_or_task_name=macro("%MIXTURE_OR_TASK_NAME"), task_feature_lengths=tuple(sorted(lengths.items())),
+        batch_size=batch_size or macro("%BATCH_SIZE"), pack=macro("%PACK"), seed=macro("%SEED"))
+    if reference_mode:
+        tokens = reference_tokens_per_step(reference_mode, load_vocabulary(vocab_path), data_dir)
+        print(f"reference {reference_mode}: {tokens:,.0f} non-padding tokens/step on SVAMP with this vocabulary "
+              f"-> {tokens * REFERENCE[reference_mode]['steps_per_sec']:,.0f} tokens/s at its steps/s")
+    return config, optimizer, input_pipeline.TrainData(spec), lengths
+
+
+def reference_bindings(mode: str) -> tuple[list[str], list[str]]:
+    """Gin files/bindings of the reference measurement (see module docstring)."""
+    experiment = "standard_gt" if mode == "standard" else "step_by_step_gt"
+    targets = 64 if mode == "standard" else 256
+    return [f"experiments/svamp/{experiment}_tiny.gin"], [
+        "VOCAB_SIZE = 4000", "BATCH_SIZE = 32", f"TASK_FEATURE_LENGTHS = {{'inputs': 256, 'targets': {targets}}}",
+        "OPTIMIZER = 'adamw'", "LEARNING_RATE = 5e-5", "DROPOUT_RATE = 0.1"]
+
+
+def reference_tokens_per_step(mode: str, vocabulary: Any, data_dir: str, batch_size: int = 32) -> float:
+    """Non-padding tokens one reference step processes, with our vocabulary on SVAMP train.
+
+    The reference feeds each example once per task, unpacked: standard =
+    input + label; step-by-step = the input twice (two prefixes) + label +
+    rationale; every sequence ends with EOS.
+    """
+    from distill.data import datasets
+
+    def n(text: str) -> int:
+        return len(vocabulary.encode(text)) + 1
+
+    per_example = []
+    for ex in datasets.load_examples("svamp", "train", data_dir):
+        tokens = n("[label] " + ex["input"]) + n(ex["label"])
+        if mode == "step_by_step":
+            tokens += n("[rationale] " + ex["input"]) + n(ex.get("rationale") or "")
+        per_example.append(tokens)
+    return batch_size * float(np.mean(per_example))
+
+
+def model_config(model: str, dtype: str, remat: str) -> Any:
+    import dataclasses
+
+    from distill import gin_bindings
+
+    if model == "micro":
+        gin_bindings.parse_gin(["models/t5_1_1_tiny.gin"], MICRO)
+    else:
+        gin_bindings.parse_gin([f"models/t5_1_1_{model}.gin"], [])
+    return dataclasses.replace(gin_bindings.T5Config(), dtype=dtype, remat_policy=remat)
+
+
+# ----------------------------------------------------------------------------
+# Measurement
+# ----------------------------------------------------------------------------
+
+
+def measure(config: Any, optimizer: Any, batches: Iterator[dict[str, np.ndarray]], lengths: dict[str, int], *,
+            steps: int, warmup: int, peak_flops: float | None) -> dict[str, float]:
+    import jax
+
+    from distill import flops
+    from distill.partitioning import Partitioner
+    from distill.trainer import Trainer
+
+    trainer = Trainer(config=config, optimizer=optimizer, partitioner=Partitioner(), alpha=0.5)
+    state = trainer.create_state()
+    for _ in range(warmup):
+        state, metrics = trainer.train_step(state, next(batches))
+    jax.block_until_ready(state)
+    tokens = 0
+    total_flops = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches)
+        n_in = int(np.count_nonzero(batch["encoder_input_tokens"]))
+        n_tgt = int(np.count_nonzero(batch["decoder_target_tokens"]))
+        tokens += n_in + n_tgt
+        total_flops += flops.train_flops(config, input_tokens=n_in, target_tokens=n_tgt,
+                                         input_length=lengths["inputs"], target_length=lengths["targets"])
+        state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    seconds = time.perf_counter() - start
+    result = {"steps_per_sec": steps / seconds, "tokens_per_sec": tokens / seconds,
+              "tokens_per_step": tokens / steps, "loss": float(metrics["loss"]),
+              "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+              "mfu": flops.mfu(total_flops / steps, steps / seconds, peak_flops)}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats and jax.devices()[0].platform != "cpu":
+        result["device_peak_gb"] = stats["peak_bytes_in_use"] / 2**30
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    from distill.errors import UserError
+
+    try:
+        if args.synthetic:
+            config = model_config(args.model, args.dtype, args.remat)
+            from distill.optimizers import make_optimizer
+
+            optimizer = make_optimizer("adamw", 5e-5)
+            lengths = {"inputs": args.input_length, "targets": args.target_length}
+            batches = synthetic_batches(batch_size=args.batch_size or 32, input_length=args.input_length,
+                                        target_length=args.target_length, vocab_size=config.vocab_size,
+                                        method=args.method)
+            label = f"synthetic {args.method}, model {args.model}"
+        else:
+            files, bindings = (reference_bindings(args.reference) if args.reference else (args.gin_file, []))
+            if args.reference and args.model != "tiny":  # the size first: its file resets VOCAB_SIZE
+                size = [f"include 'models/t5_1_1_{args.model}.gin'"] if args.model != "micro" else []
+                bindings = size + bindings + (MICRO if args.model == "micro" else [])
+            bindings += [f"T5Config.dtype = '{args.dtype}'", f"T5Config.remat_policy = '{args.remat}'"]
+            config, optimizer, batches, lengths = gin_setup(files, bindings + args.gin_bindings, args.data_dir,
+                                                            args.batch_size, args.reference)
+            label = f"reference {args.reference}" if args.reference else " + ".join(files)
+        result = measure(config, optimizer, batches, lengths, steps=args.steps, warmup=args.warmup,
+                         peak_flops=args.peak_flops)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import jax
+
+    batch_rows = next(iter(next(batches).values())).shape[0]
+    mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
+    device = f" | device peak {result['device_peak_gb']:.2f} GB" if "device_peak_gb" in result else ""
+    print(f"bench [{label}] {jax.devices()[0].platform} x{jax.device_count()}, dtype {config.dtype}, "
+          f"batch {batch_rows} x (inputs {lengths['inputs']}, targets {lengths['targets']}): "
+          f"{result['steps_per_sec']:.3f} steps/s | {result['tokens_per_sec']:,.0f} non-padding tokens/s "
+          f"({result['tokens_per_step']:,.0f}/step) | peak RSS {result['peak_rss_gb']:.2f} GB{device} | MFU {mfu}")
+    if args.reference:
+        ref = REFERENCE[args.reference]
+        ratios = [f"steps/s x{result['steps_per_sec'] / ref['steps_per_sec']:.2f}",
+                  f"peak RSS x{result['peak_rss_gb'] / ref['peak_rss_gb']:.2f}"]
+        if ref["tokens_per_sec"]:
+            ratios.insert(1, f"tokens/s x{result['tokens_per_sec'] / ref['tokens_per_sec']:.2f}")
+        print(f"vs reference (PyTorch, same machine): {', '.join(ratios)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
