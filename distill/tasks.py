@@ -244,6 +244,11 @@ class StepByStepMixture(seqio.Mixture):
         return super().get_task_dataset(task, set(output_feature_keys) | {TASK_ID_FEATURE}, *args, **kwargs)
 
 
+def rate_num_train_examples(task: seqio.Task) -> float:
+    """Mixing rate: the train examples the task yields (after its filters), counted once."""
+    return float(task.num_input_examples("train"))
+
+
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
     """inputs/targets tokenized with `vocabulary`, EOS appended."""
     return {
@@ -331,7 +336,7 @@ def register_tasks(*, dataset: str, data_dir: str, vocabulary: seqio.Vocabulary 
         seqio.MixtureRegistry.add(
             name,
             [f"{prefix}_{suffix}" for suffix in mixture.task_suffixes],
-            default_rate=seqio.mixing_rate_num_examples,
+            default_rate=rate_num_train_examples,
             mixture_cls=StepByStepMixture,
         )
         names.append(name)

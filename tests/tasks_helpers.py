@@ -44,14 +44,20 @@ def train_tiny_vocab(path: pathlib.Path) -> str:
 
 
 @contextlib.contextmanager
-def isolated_registry():
-    """seqio's task and mixture registries emptied for a test, then restored as they were."""
+def isolated_registry(*, empty: bool = True):
+    """seqio's task and mixture registries as they were before, once the block ends.
+
+    With empty=True the block starts from empty registries (seqio's
+    `test_utils.clear_tasks`/`clear_mixtures`); with empty=False it sees what
+    is registered and only its own additions and replacements are undone.
+    """
     import seqio
     from seqio import test_utils
 
     saved = dict(seqio.TaskRegistry._REGISTRY), dict(seqio.MixtureRegistry._REGISTRY)
-    test_utils.clear_tasks()
-    test_utils.clear_mixtures()
+    if empty:
+        test_utils.clear_tasks()
+        test_utils.clear_mixtures()
     try:
         yield
     finally:
