@@ -217,7 +217,7 @@ def beam_search(
     batch_size: int,
     num_beams: int,
     max_decode_length: int,
-    length_penalty: float = 1.0,
+    length_penalty: float | jax.Array = 1.0,
     eos_id: int = 1,
     start_id: int = 0,
     pad_id: int = 0,
@@ -232,7 +232,8 @@ def beam_search(
     A row stops improving (HF `early_stopping=False`) once it holds num_beams
     finished hypotheses that all score at least the best running beam's
     log-prob / current_length ** length_penalty; the loop ends when no row
-    can improve. Tokens after EOS are `pad_id`.
+    can improve. Tokens after EOS are `pad_id`. `length_penalty` may be a
+    traced scalar (one compiled search serves every value).
     """
     if num_beams < 1 or max_decode_length < 1:
         raise ValueError(f"need num_beams >= 1 and max_decode_length >= 1, got {num_beams}, {max_decode_length}")

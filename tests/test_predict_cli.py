@@ -1,0 +1,132 @@
+"""`distill predict` on a Hugging Face T5 directory the test builds (random tiny T5 + SentencePiece).
+
+The expected predictions come from transformers' own `generate` on the same
+weights, fed the same SentencePiece ids (task prefix + input + EOS), and
+detokenized with the same SentencePiece model.
+"""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+sentencepiece = pytest.importorskip("sentencepiece")
+
+from model_helpers import hf_t5_model  # noqa: E402
+
+from distill import cli, predict  # noqa: E402
+
+EOS = 1
+MODEL_VOCAB = 128
+NEW_TOKENS = 6
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a man is playing a guitar on the street",
+    "how many apples are left if you eat three of seven",
+    "[label] [rationale] entailment neutral contradiction",
+    "she sold four cups of lemonade and two cookies",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """An HF T5 directory: config.json + model.safetensors + spiece.model (pad 0, eos 1, unk 2)."""
+    directory = tmp_path_factory.mktemp("hf_predict")
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_prefix=str(directory / "spiece"), vocab_size=100,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    (directory / "spiece.vocab").unlink()
+    model = hf_t5_model("t5_1_1", seed=1, vocab_size=MODEL_VOCAB)
+    with torch.no_grad():
+        model.lm_head.weight[EOS] *= 3.0
+    model.save_pretrained(str(directory))
+    return directory, model, sentencepiece.SentencePieceProcessor(model_file=str(directory / "spiece.model"))
+
+
+def _hf_predictions(model, vocab, texts, **generate_kwargs) -> list[str]:
+    """Reference: transformers generate on the SentencePiece ids, detokenized.
+
+    The model's vocabulary (128) is larger than the tokenizer's (~100), as T5's
+    32128 is larger than its 32000 pieces: ids past the tokenizer read as unk (2).
+    """
+    encoded = [vocab.encode(text) + [EOS] for text in texts]
+    ids = np.zeros((len(texts), max(map(len, encoded))), np.int64)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)] = tokens
+    with torch.inference_mode():
+        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(ids != 0).long(),
+                             do_sample=False, max_new_tokens=NEW_TOKENS, **generate_kwargs).numpy()
+    results = []
+    for row in out[:, 1:].tolist():
+        row = row[: row.index(EOS)] if EOS in row else row
+        results.append(vocab.decode([i if i < vocab.get_piece_size() else 2 for i in row]))
+    return results
+
+
+def test_predict_text_prints_the_hf_prediction(hf_dir, capsys):
+    directory, model, vocab = hf_dir
+    assert cli.main(["predict", "--checkpoint", str(directory), "--input", "how many apples are left",
+                     "--max-decode-length", str(NEW_TOKENS)]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    assert printed == _hf_predictions(model, vocab, ["[label] how many apples are left"])[0]
+    assert printed  # a random model still emits some text
+
+
+def test_predict_file_adds_predictions_in_order(hf_dir, tmp_path):
+    directory, model, vocab = hf_dir
+    records = [
+        {"id": "a", "input": "the quick brown fox jumps over the lazy dog and the cat", "label": "x"},
+        {"id": "b", "input": "a man"},
+        {"id": "c", "input": "she sold four cups of lemonade"},
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n\n" + json.dumps(records[2]) + "\n")
+    target = tmp_path / "out.jsonl"
+    # Batch size 2 with inputs sorted by length: the batches mix the original order.
+    assert predict.main(["--checkpoint", str(directory), "--input-file", str(source), "--output-file", str(target),
+                         "--task", "none", "--batch-size", "2", "--max-decode-length", str(NEW_TOKENS)]) == 0
+    written = [json.loads(line) for line in target.read_text().splitlines()]
+    expected = _hf_predictions(model, vocab, [r["input"] for r in records])
+    assert written == [{**r, "prediction": p} for r, p in zip(records, expected)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"], "no temp files left behind"
+
+
+def test_beam_decoder_matches_hf_beam_search(hf_dir):
+    directory, model, vocab = hf_dir
+    config, params, loaded_vocab = predict.load_for_prediction(str(directory))
+    texts = ["[rationale] a man is playing", "[label] three of seven"]
+    ours = predict.decode_texts(config, params, loaded_vocab, texts, method="beam", num_beams=4,
+                                max_decode_length=NEW_TOKENS, batch_size=2)
+    assert ours == _hf_predictions(model, vocab, texts, num_beams=4)
+
+
+def test_predict_errors_are_one_line_and_leave_outputs_alone(hf_dir, tmp_path, capsys):
+    directory, _, _ = hf_dir
+    target = tmp_path / "out.jsonl"
+    target.write_text("precious\n")
+
+    def run(*argv):
+        code = cli.main(["predict", *argv])
+        return code, capsys.readouterr().err
+
+    code, err = run("--checkpoint", str(tmp_path / "nope"), "--input", "x")
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "fine"}\n{"input": 3}\n')
+    code, err = run("--checkpoint", str(directory), "--input-file", str(bad), "--output-file", str(target))
+    assert code == 2 and f"{bad}:2" in err
+    bad.write_text('{"input": "fine"}\nnot json\n')
+    code, err = run("--checkpoint", str(directory), "--input-file", str(bad), "--output-file", str(target))
+    assert code == 2 and f"{bad}:2" in err and "JSON" in err
+    code, err = run("--checkpoint", str(directory), "--input-file", str(tmp_path / "missing.jsonl"),
+                    "--output-file", str(target))
+    assert code == 2 and "missing.jsonl" in err
+    assert target.read_text() == "precious\n"
+    no_tokenizer = tmp_path / "no_tokenizer"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text((directory / "config.json").read_text())
+    code, err = run("--checkpoint", str(no_tokenizer), "--input", "x")
+    assert code == 2 and "spiece.model" in err
