@@ -110,12 +110,8 @@ MIXTURES = (
 
 def _records_dataset(records: Sequence[dict]) -> tf.data.Dataset:
     """Records (`tfds_builder.to_record`) as a dataset with the TFDS features' dtypes."""
-    columns = {field: np.array([r[field] for r in records], dtype=object) for field in tfds_builder.TEXT_FIELDS}
-    columns["parse_ok"] = np.array([r["parse_ok"] for r in records], dtype=bool)
-    if not records:
-        return tf.data.Dataset.from_tensor_slices(
-            {**{f: tf.constant([], tf.string) for f in tfds_builder.TEXT_FIELDS}, "parse_ok": tf.constant([], tf.bool)}
-        )
+    columns = {field: tf.constant([r[field] for r in records], tf.string) for field in tfds_builder.TEXT_FIELDS}
+    columns["parse_ok"] = tf.constant([r["parse_ok"] for r in records], tf.bool)
     return tf.data.Dataset.from_tensor_slices(columns)
 
 
@@ -124,25 +120,27 @@ class _ExampleLoader:
 
     def __init__(self, dataset: str, data_dir: str, train_fraction: float):
         self.dataset, self.data_dir, self.train_fraction = dataset, data_dir, train_fraction
+        self._records: dict[str, tuple[dict, ...]] = {}
+        self._train_ids: tuple[str, ...] | None = None
 
-    @functools.lru_cache(maxsize=None)
     def records(self, split: str) -> tuple[dict, ...]:
         from distill.data import datasets
 
-        examples = datasets.load_examples(
-            self.dataset, SPLITS[split], self.data_dir, train_fraction=self.train_fraction if split == "train" else 1.0
-        )
-        return tuple(tfds_builder.to_record(ex) for ex in examples)
+        if split not in self._records:
+            fraction = self.train_fraction if split == "train" else 1.0
+            examples = datasets.load_examples(self.dataset, SPLITS[split], self.data_dir, train_fraction=fraction)
+            self._records[split] = tuple(tfds_builder.to_record(ex) for ex in examples)
+        return self._records[split]
 
-    @functools.lru_cache(maxsize=None)
     def train_ids(self) -> tuple[str, ...]:
         """Ids of the train-fraction subset (the one definition of it lives in distill.data)."""
         from distill.data import datasets
 
-        examples = datasets.load_examples(
-            self.dataset, "train", self.data_dir, train_fraction=self.train_fraction, with_teacher=False
-        )
-        return tuple(str(ex["id"]) for ex in examples)
+        if self._train_ids is None:
+            examples = datasets.load_examples(self.dataset, "train", self.data_dir,
+                                              train_fraction=self.train_fraction, with_teacher=False)
+            self._train_ids = tuple(str(ex["id"]) for ex in examples)
+        return self._train_ids
 
     def dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # one in-memory "file"; the task's shuffle buffer shuffles examples
