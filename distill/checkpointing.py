@@ -65,6 +65,7 @@ class CheckpointManager:
             raise UserError(f"keep={keep} must be at least 1")
         self.directory = pathlib.Path(model_dir) / "checkpoints"
         self.save_every = save_every
+        self._set_aside_incomplete_steps()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
@@ -72,6 +73,26 @@ class CheckpointManager:
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+
+    def _set_aside_incomplete_steps(self) -> None:
+        """Renames step dirs cut off mid-write to `<step>.incomplete` (kept for inspection).
+
+        Orbax would otherwise count them as steps (for retention and ordering).
+        """
+        if jax.process_index() == 0 and self.directory.is_dir():
+            for path in self.directory.iterdir():
+                if path.name.isdigit() and not is_complete_step_dir(path):
+                    target = path.with_name(f"{path.name}.incomplete")
+                    suffix = 0
+                    while target.exists():
+                        suffix += 1
+                        target = path.with_name(f"{path.name}.incomplete{suffix}")
+                    logging.warning("setting aside incomplete checkpoint %s -> %s", path, target.name)
+                    path.rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("distill_checkpoint_cleanup")
 
     def all_steps(self) -> list[int]:
         """Finished checkpoint steps, ascending."""

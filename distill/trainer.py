@@ -171,7 +171,7 @@ class Trainer:
         def init(p):
             return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=self.optimizer.init(p))
 
-        jitted = self.partitioner.jit(init, shardings.params, shardings)
+        jitted = self.partitioner.jit(init, (shardings.params,), shardings)
         return jitted(placed)
 
     # ------------------------------------------------------------------ steps

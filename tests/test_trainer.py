@@ -1,0 +1,97 @@
+"""Trainer on a tiny T5 (1 device): the loss is the DESIGN formula on the model's logits,
+gradient accumulation is exact, bf16 compute keeps f32 params, bad input is a UserError.
+"""
+import jax
+import numpy as np
+import optax
+import pytest
+
+from distill.errors import UserError
+from distill.optimizers import make_optimizer
+from distill.partitioning import Partitioner
+from distill.trainer import Trainer
+from trainer_helpers import make_batch, numpy_step_by_step_loss, tiny_config
+
+CONFIG = tiny_config(num_encoder_layers=1, num_decoder_layers=1)
+ALPHA = 0.3
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    return Trainer(config=CONFIG, optimizer=optax.sgd(1.0), partitioner=Partitioner(), alpha=ALPHA)
+
+
+@pytest.fixture(scope="module")
+def initial_params(trainer):
+    return jax.device_get(trainer.create_state().params)
+
+
+def _logits(trainer, params, batch):
+    apply = jax.jit(lambda p, b: trainer.model.apply(
+        {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"],
+        encoder_segment_ids=b.get("encoder_segment_ids"),
+        decoder_segment_ids=b.get("decoder_segment_ids")))
+    return np.asarray(apply(params, batch))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_eval_loss_is_the_formula_on_model_logits(trainer, initial_params, packed):
+    state = trainer.init_from_params(initial_params)
+    batch = make_batch(11, packed=packed)
+    metrics = trainer.eval_step(state, batch)
+    expected = numpy_step_by_step_loss(_logits(trainer, initial_params, batch), batch, ALPHA)
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+    assert float(metrics["label_tokens"]) > 0 and float(metrics["rationale_tokens"]) > 0
+    if not packed:  # same shapes, no recompile: a label-only batch divides nothing by zero
+        label_only = trainer.eval_step(state, make_batch(12, rationale_fraction=0.0))
+        assert float(label_only["rationale_tokens"]) == 0.0
+        assert np.isfinite(float(label_only["loss"]))
+        np.testing.assert_allclose(float(label_only["loss"]),
+                                   ALPHA * float(label_only["label_loss"]), rtol=1e-6)
+
+
+def test_microbatched_gradients_equal_full_batch(trainer, initial_params):
+    """With SGD(lr=1), new params = old - grads: compare the updates of 1 vs 4 microbatches."""
+    batch = make_batch(13, packed=True)
+    full_state, full = trainer.train_step(trainer.init_from_params(initial_params), batch)
+    micro = Trainer(config=CONFIG, optimizer=optax.sgd(1.0), partitioner=trainer.partitioner,
+                    alpha=ALPHA, num_microbatches=4)
+    micro_state, parts = micro.train_step(micro.init_from_params(initial_params), batch)
+    for key in ("loss", "label_loss", "rationale_loss", "label_tokens", "rationale_tokens",
+                "grad_norm"):
+        np.testing.assert_allclose(float(parts[key]), float(full[key]), rtol=1e-5, err_msg=key)
+    moved = 0.0
+    for a, b, p0 in zip(jax.tree.leaves(full_state.params), jax.tree.leaves(micro_state.params),
+                        jax.tree.leaves(initial_params), strict=True):
+        grad_full, grad_micro = p0 - np.asarray(a), p0 - np.asarray(b)
+        np.testing.assert_allclose(grad_micro, grad_full, rtol=0,
+                                   atol=1e-5 * np.abs(grad_full).max() + 1e-9)
+        moved = max(moved, float(np.abs(grad_full).max()))
+    assert moved > 1e-3
+    assert int(micro_state.step) == 1
+    with pytest.raises(UserError, match="num_microbatches"):
+        Trainer(config=CONFIG, optimizer=optax.sgd(1.0), partitioner=trainer.partitioner,
+                num_microbatches=3).train_step(micro_state, make_batch(1))
+
+
+def test_bfloat16_compute_keeps_float32_params(initial_params):
+    config = tiny_config(num_encoder_layers=1, num_decoder_layers=1, dtype="bfloat16")
+    trainer = Trainer(config=config, optimizer=make_optimizer("adafactor"),
+                      partitioner=Partitioner(), alpha=ALPHA)
+    state = trainer.init_from_params(initial_params)
+    state, metrics = trainer.train_step(state, make_batch(14))
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
+    assert np.isfinite(float(metrics["loss"])) and 3.0 < float(metrics["loss"]) < 6.0  # ~ln(64)
+    assert int(state.step) == 1
+
+
+def test_bad_input_is_a_user_error(trainer, initial_params):
+    with pytest.raises(UserError, match="alpha"):
+        Trainer(config=CONFIG, optimizer=optax.sgd(1.0), partitioner=Partitioner(), alpha=1.5)
+    broken = jax.tree.map(np.asarray, initial_params)
+    broken["token_embedder"]["embedding"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(UserError, match="shape"):
+        trainer.init_from_params(broken)
+    del broken["token_embedder"]
+    with pytest.raises(UserError, match="lack"):
+        trainer.init_from_params(broken)
