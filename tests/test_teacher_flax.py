@@ -1,4 +1,4 @@
-"""The local Flax T5 backend on a tiny random T5 checkpoint with a SentencePiece model trained here.
+"""The local Flax T5 backend on a tiny random T5 checkpoint and a SentencePiece model made here.
 
 One short exemplar keeps prompts near 100 tokens, so every batch falls in the
 same padded shape and the decoder compiles once.
@@ -8,24 +8,35 @@ import json
 import pytest
 from teacher_helpers import SVAMP_TEST, make_data_dir, read_jsonl
 
-pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
-from model_helpers import VOCAB_SIZE, save_hf_t5  # noqa: E402
+import flax.linen  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from distill.errors import UserError  # noqa: E402
+from distill.models.checkpoints import save_hf_checkpoint  # noqa: E402
+from distill.models.t5 import T5Config, abstract_params  # noqa: E402
 from distill.teacher import prompts  # noqa: E402
 from distill.teacher.backends.base import SamplingParams  # noqa: E402
 from distill.teacher.backends.flax_t5 import FlaxT5Backend  # noqa: E402
 from distill.teacher.pipeline import run_teacher  # noqa: E402
 
+VOCAB_SIZE = 64
 EXEMPLARS = {"instruction": "", "exemplars": [{"input": "Ann has 1 apple.", "rationale": "One apple.", "label": "(1)"}]}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("flax_t5")
-    save_hf_t5(root, "t5_1_1")
+    # A random Flan-T5-shaped model written by the project's own exporter (no torch needed).
+    config = T5Config(vocab_size=VOCAB_SIZE, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_encoder_layers=2,
+                      num_decoder_layers=2, dropout_rate=0.0)
+    # Random weights from the abstract shapes: no jit-compiled init needed.
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda leaf: rng.normal(0.0, 0.3, leaf.shape).astype(np.float32),
+                                    flax.linen.unbox(abstract_params(config)))
+    save_hf_checkpoint(config, params, root)
     (root / "exemplars.json").write_text(json.dumps(EXEMPLARS))
     shipped = prompts.render_completion(prompts.load_exemplars("svamp"), SVAMP_TEST[0]["input"])
     texts = [r["input"] for r in SVAMP_TEST] + shipped.split("\n") + ["Q: A: One apple. The answer is (1)."]

@@ -74,7 +74,7 @@ def _backend(args: argparse.Namespace, api_key: str | None):
         if not args.base_url:
             raise UserError("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
         from distill.teacher.backends.openai_http import OpenAIBackend
-        return OpenAIBackend(base_url=args.base_url, model=args.model, api_key=api_key, keepalive=args.concurrency)
+        return OpenAIBackend(base_url=args.base_url, model=args.model, api_key=api_key)
     if args.backend == "hf":
         from distill.teacher.backends.hf_local import HFBackend
         return HFBackend(args.model, batch_size=args.batch_size)

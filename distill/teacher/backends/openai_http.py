@@ -1,10 +1,11 @@
 """OpenAI-compatible HTTP backend: /v1/completions and /v1/chat/completions.
 
-Works with vLLM, SGLang, TGI's OpenAI route and hosted APIs. One
-`httpx.AsyncClient` is shared by all requests, so connections are reused
-(keep-alive). The pool itself is unbounded: the batcher's worker count is the
-one bound on requests in flight, so no attempt's timeout is spent queueing
-for a pooled connection. The class makes exactly one attempt
+Works with vLLM, SGLang, TGI's OpenAI route and hosted APIs. Each
+request in flight borrows its own `httpx.AsyncClient` holding one keep-alive
+connection and returns it afterwards, so connections are reused and there are
+never more than the batcher's concurrency. (One shared client with hundreds of
+connections spends most of its time scanning its own pool: httpcore's
+request-to-connection assignment is quadratic in the pool size.) The class makes exactly one attempt
 per call and turns every failure into a `RequestError` that says whether a
 retry may help; retries, pacing and timeouts-overall live in the batcher.
 
@@ -14,7 +15,8 @@ sometimes echo request headers in their error bodies.
 """
 from __future__ import annotations
 
-import json
+import importlib.util
+import sys
 from typing import Any
 
 import httpx
@@ -37,23 +39,43 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
+def _remember_sniffio_is_missing() -> None:
+    """Make the failed `import sniffio` that httpcore tries on every lock it creates cheap.
+
+    httpcore treats sniffio as optional; when it is not installed, each of the
+    several look-ups per request searches sys.path again (about a quarter of
+    the client's CPU per request in scripts/bench_teacher.py). A None entry in
+    sys.modules makes that import fail at once, exactly as it would anyway.
+    Installing sniffio makes this a no-op.
+    """
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None
+
+
 class OpenAIBackend:
     """`generate(prompt)`: a str prompt goes to /completions, chat messages to /chat/completions."""
 
     kind = "openai"
 
-    def __init__(self, *, base_url: str, model: str, api_key: str | None, keepalive: int = 64) -> None:
+    def __init__(self, *, base_url: str, model: str, api_key: str | None) -> None:
+        _remember_sniffio_is_missing()
         if not base_url.startswith(("http://", "https://")):
             raise UserError(f"--base-url {base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=keepalive),
-            timeout=None,  # the batcher bounds each attempt with asyncio.wait_for
-        )
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._ssl = httpx.create_ssl_context()  # built once: loading CA certificates takes ~0.1 s
+        self._idle: list[httpx.AsyncClient] = []  # clients not in use, each with one open connection
+        self._all: list[httpx.AsyncClient] = []
+
+    def _borrow(self) -> httpx.AsyncClient:
+        if self._idle:
+            return self._idle.pop()
+        client = httpx.AsyncClient(headers=self._headers, verify=self._ssl, timeout=None,  # the batcher bounds attempts
+                                   limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        self._all.append(client)
+        return client
 
     def _body(self, prompt: Prompt, params: SamplingParams) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": params.max_tokens,
@@ -66,10 +88,13 @@ class OpenAIBackend:
 
     async def generate(self, prompt: Prompt, params: SamplingParams, *, timeout: float) -> Completion:
         path, body = self._body(prompt, params)
+        client = self._borrow()
         try:
-            response = await self._client.post(self.base_url + path, json=body)
+            response = await client.post(self.base_url + path, json=body)
         except httpx.TransportError as err:  # connect errors, dropped connections, protocol errors
             raise RequestError(redact(f"{type(err).__name__}: {err}", self._api_key), retryable=True) from None
+        finally:
+            self._idle.append(client)  # also after a timeout's cancellation: httpx closed the broken connection
         if response.status_code != 200:
             detail = redact(response.text[:300].strip(), self._api_key)
             raise RequestError(
@@ -93,4 +118,5 @@ class OpenAIBackend:
         return Completion(texts, usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._all:
+            await client.aclose()
