@@ -15,7 +15,7 @@ from tasks_helpers import isolated_registry, read_all, train_tiny_vocab, write_j
 @pytest.fixture(scope="module")
 def svamp_tfds(shared_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tfds")
-    prepared = tfds_builder.build("svamp", str(shared_data_dir), str(out))
+    prepared = tfds_builder.build("svamp", str(shared_data_dir), str(out), num_shards=2)
     return {"out": str(out), "prepared": prepared, "data_dir": str(shared_data_dir),
             "vocab": train_tiny_vocab(out.parent / "tiny.model")}
 
@@ -58,11 +58,12 @@ def test_tfds_and_raw_file_sources_give_the_same_task_examples(svamp_tfds):
         assert _sorted(read_all(prepared_llm)) == _sorted(read_all(raw_llm))
 
 
-def test_tfds_source_shards_files_or_examples_per_host(svamp_tfds):
+def test_tfds_source_shards_files_per_host(svamp_tfds):
     with isolated_registry():
         register_tasks(dataset="svamp", data_dir=svamp_tfds["data_dir"], vocabulary=svamp_tfds["vocab"],
                        tfds_dir=svamp_tfds["out"])
         task = seqio.TaskRegistry.get("svamp_label_gt")
+        assert len(task.source.list_shards("test")) == 2  # two files: each of two hosts reads one
         shards = [{ex["id"] for ex in read_all(task.get_dataset(None, split="test", shuffle=False,
                                                                 shard_info=seqio.ShardInfo(index, 2)))}
                   for index in range(2)]
@@ -86,6 +87,7 @@ def test_cli_builds_jsonl_and_refuses_bad_input(tmp_path, capsys):
         (["--dataset", "svamp", "--data-dir", str(tmp_path / "missing"), "--out", out], "missing' does not exist"),
         (["--dataset", "jsonl", "--data-dir", data_dir, "--out", f"{data_dir}/tfds"], "is inside the data dir"),
         (["--dataset", "jsonl", "--data-dir", data_dir, "--out", out, "--name", "My-Set"], "dataset name 'My-Set'"),
+        (["--dataset", "jsonl", "--data-dir", data_dir, "--out", out, "--num-shards", "0"], "must be at least 1"),
     ]
     for args, message in bad:
         assert cli.main(["data", "build", *args]) == 2, args

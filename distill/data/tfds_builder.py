@@ -99,17 +99,23 @@ def _keyed(records: Iterable[dict]) -> list[tuple[str, dict]]:
     return [(f"{index:09d}", record) for index, record in enumerate(records)]
 
 
-def build(dataset: str, data_dir: str, out_dir: str, *, name: str | None = None) -> str:
+def build(dataset: str, data_dir: str, out_dir: str, *, name: str | None = None,
+          num_shards: int | None = None) -> str:
     """Prepare `dataset` from `data_dir` as TFDS dataset `distill_<name>` under `out_dir`.
 
     `name` defaults to `dataset` (give one for a `jsonl` dataset, e.g. the
-    task prefix you register it under). Returns the prepared version folder.
+    task prefix you register it under). `num_shards` files per split (default:
+    TFDS's choice by size, often one); give at least the number of hosts so
+    each host reads only its own files. Returns the prepared version folder.
     """
     import tensorflow as tf
+    import tensorflow_datasets as tfds
 
     from distill.data import datasets
 
     name = name or dataset
+    if num_shards is not None and num_shards < 1:
+        raise UserError(f"--num-shards {num_shards} must be at least 1")
     if not _NAME_RE.match(name):
         raise UserError(f"dataset name {name!r} must be lowercase letters, digits and '_' (pass --name)")
     if not data_dir or not os.path.isdir(data_dir):
@@ -134,12 +140,12 @@ def build(dataset: str, data_dir: str, out_dir: str, *, name: str | None = None)
         data_dir=out_dir,
         description=f"distill dataset {dataset!r} from {data_dir}: normalized examples joined with parsed teacher outputs.",
     )
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=num_shards))
     return str(builder.data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`distill data build --dataset NAME [--data-dir DIR] [--out TFDS_DIR] [--name NAME]`."""
+    """`distill data build --dataset NAME [--data-dir DIR] [--out TFDS_DIR] [--name NAME] [--num-shards N]`."""
     parser = argparse.ArgumentParser(prog="distill data build", description=build.__doc__)
     parser.add_argument("--dataset", required=True, help="svamp, cqa, esnli, anli1 or jsonl")
     parser.add_argument("--data-dir", default=os.environ.get("DISTILL_DATA_DIR"),
@@ -147,13 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.environ.get("DISTILL_TFDS_DIR") or os.path.expanduser("~/tensorflow_datasets"),
                         help="TFDS data dir, local or gs:// (default: $DISTILL_TFDS_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--name", default=None, help="TFDS name suffix (default: the dataset name)")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help="files per split (default: by size); at least the number of hosts that read it")
     args = parser.parse_args(argv)
     if not args.data_dir:
         raise UserError("no data dir: pass --data-dir DIR or set DISTILL_DATA_DIR")
     import tensorflow_datasets as tfds
 
     tfds.display_progress_bar(False)
-    prepared = build(args.dataset, args.data_dir, args.out, name=args.name)
+    prepared = build(args.dataset, args.data_dir, args.out, name=args.name, num_shards=args.num_shards)
     print(f"prepared {prepared} (splits: {', '.join(SPLITS)})")
     return 0
 
