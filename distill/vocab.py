@@ -168,37 +168,54 @@ def dataset_texts(examples: Iterable[dict]) -> Iterable[str]:
                 yield example[key]
 
 
+def _train_split_texts(names: Sequence[str], data_dir: str) -> Iterable[str]:
+    from distill.data import datasets
+
+    if not data_dir or not os.path.isdir(data_dir):
+        raise UserError(f"data dir {data_dir!r} does not exist; pass --data-dir DIR or set DISTILL_DATA_DIR")
+    for name in names:
+        yield from dataset_texts(datasets.load_examples(name, "train", data_dir))
+
+
 def train_vocabulary_for_dataset(name: str, data_dir: str, *, size: int, out_path: str) -> str:
     """Train a vocabulary on a dataset's train split (inputs, labels, teacher rationales).
 
     Only the train split is read, so no test text shapes the vocabulary; the
     default task prefixes are single pieces. Returns out_path.
     """
-    from distill.data import datasets
-
-    if not data_dir or not os.path.isdir(data_dir):
-        raise UserError(f"data dir {data_dir!r} does not exist; pass --data-dir or set DISTILL_DATA_DIR")
-    examples = datasets.load_examples(name, "train", data_dir)
-    return train_vocabulary(dataset_texts(examples), size=size, out_path=out_path,
+    return train_vocabulary(list(_train_split_texts([name], data_dir)), size=size, out_path=out_path,
                             user_defined_symbols=TASK_PREFIX_SYMBOLS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`distill vocab train --data-dir DIR --dataset NAME --size N --out FILE`."""
+    """`distill vocab train [--data-dir DIR] [--dataset NAME] --size N --out FILE`."""
     parser = argparse.ArgumentParser(prog="distill vocab train", description=train_vocabulary_for_dataset.__doc__)
     parser.add_argument("--data-dir", default=os.environ.get("DISTILL_DATA_DIR"),
                         help="dataset root (default: $DISTILL_DATA_DIR); for --dataset jsonl the folder of *.jsonl")
-    parser.add_argument("--dataset", required=True, help="svamp, cqa, esnli, anli1 or jsonl")
+    parser.add_argument("--dataset", default=None,
+                        help="svamp, cqa, esnli, anli1 or jsonl (default: every dataset found in the data dir)")
     parser.add_argument("--size", type=int, default=4000, help="number of pieces (upper bound)")
     parser.add_argument("--out", required=True, help="where to write the .model file (local or gs://)")
     args = parser.parse_args(argv)
     if not args.data_dir:
         raise UserError("no data dir: pass --data-dir DIR or set DISTILL_DATA_DIR")
-    out = train_vocabulary_for_dataset(args.dataset, args.data_dir, size=args.size, out_path=args.out)
+    if not os.path.isdir(args.data_dir):
+        raise UserError(f"data dir {args.data_dir!r} does not exist; pass --data-dir DIR or set DISTILL_DATA_DIR")
+    if args.dataset:
+        names = [args.dataset]
+    else:
+        from distill.data.datasets import available_datasets
+
+        names = available_datasets(args.data_dir)
+        if not names:
+            raise UserError(f"no dataset found in {args.data_dir!r}; pass --dataset NAME (jsonl for your own files)")
+    out = train_vocabulary(list(_train_split_texts(names, args.data_dir)), size=args.size, out_path=args.out,
+                           user_defined_symbols=TASK_PREFIX_SYMBOLS)
     import sentencepiece as spm
 
     pieces = spm.SentencePieceProcessor(model_proto=_read_bytes(out)).get_piece_size()
-    print(f"wrote {out} ({pieces} pieces, pad={PAD_ID} eos={EOS_ID} unk={UNK_ID})")
+    print(f"wrote {out} ({pieces} pieces from the train split of {', '.join(names)}; "
+          f"pad={PAD_ID} eos={EOS_ID} unk={UNK_ID})")
     return 0
 
 

@@ -66,7 +66,7 @@ def test_cli_trains_and_reports_bad_input(shared_data_dir, tmp_path, capsys):
     out = tmp_path / "v.model"
     assert cli.main(["vocab", "train", "--data-dir", str(shared_data_dir), "--dataset", "svamp",
                      "--size", "600", "--out", str(out)]) == 0
-    assert f"wrote {out}" in capsys.readouterr().out
+    assert f"wrote {out} (" in capsys.readouterr().out
     assert spm.SentencePieceProcessor(model_file=str(out)).eos_id() == 1
 
     assert cli.main(["vocab", "train", "--data-dir", str(shared_data_dir), "--dataset", "snli",
@@ -75,4 +75,7 @@ def test_cli_trains_and_reports_bad_input(shared_data_dir, tmp_path, capsys):
     assert cli.main(["vocab", "train", "--data-dir", str(tmp_path / "missing"), "--dataset", "svamp",
                      "--out", str(tmp_path / "x.model")]) == 2
     assert "missing' does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["vocab", "train", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "x.model")]) == 2
+    assert "no dataset found in" in capsys.readouterr().err
     assert not (tmp_path / "x.model").exists()
