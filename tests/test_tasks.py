@@ -139,9 +139,11 @@ def test_import_registered_the_env_datasets_lazily():
     else:
         expected = []
     assert distill.tasks.REGISTERED == expected
-    for name in expected:  # registered, with the (never loaded) vocabulary of the environment
-        provider = seqio.get_mixture_or_task(name)
-        assert provider.output_features["inputs"].vocabulary.sentencepiece_model_file == vocab_path
+    with isolated_registry():  # the same registration again (other tests may have replaced those names since)
+        assert register_from_environment(os.environ) == expected
+        for name in expected:  # with the environment's vocabulary, never loaded (no network)
+            vocabulary = seqio.get_mixture_or_task(name).output_features["inputs"].vocabulary
+            assert vocabulary.sentencepiece_model_file == vocab_path and vocabulary._model is None
 
 
 def test_environment_registration_never_raises(tmp_path):
