@@ -57,7 +57,7 @@ def measure(base_url: str, concurrency: int, count: int, offset: int, folder: st
     async def run() -> tuple[float, float]:
         backend = OpenAIBackend(base_url=base_url, model="bench", api_key=None)
         # Warm the connection pool so the figure is steady-state throughput.
-        await asyncio.gather(*(backend.generate(texts[i % count], params, timeout=30) for i in range(concurrency)))
+        await asyncio.gather(*(backend.generate(texts[i % count], params) for i in range(concurrency)))
         start, cpu = time.perf_counter(), time.process_time()
         await batcher.run_async(jobs, texts.__getitem__, backend, cache, params, concurrency=concurrency,
                                 limiter=RateLimiter(), policy=batcher.RetryPolicy(timeout=30),

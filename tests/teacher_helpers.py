@@ -21,9 +21,10 @@ SVAMP_TEST = [
                  (11, 13), (2, 19), (16, 4), (1, 1), (25, 5), (40, 2), (33, 3), (18, 9), (15, 15), (7, 21)]
 ]
 
+CQA_CHOICES = ["kitchen", "garage", "library", "park", "office"]
 CQA_TEST = [
     {"id": f"q{i}", "question": f"Where would you most likely find item number {i}?",
-     "choices": ["kitchen", "garage", "library", "park", "office"], "answer": ["kitchen", "garage", "library", "park", "office"][i % 5],
+     "choices": CQA_CHOICES, "answer": CQA_CHOICES[i % 5],
      "abstractive_explanation": "", "extractive_explanation": ""}
     for i in range(12)
 ]

@@ -16,7 +16,8 @@ from distill.teacher.cli import main
 ])
 def test_bad_flags_are_user_errors(tmp_path, extra, match):
     with pytest.raises(UserError, match=match):
-        main(["--dataset", "svamp", "--model", "m", "--out", str(tmp_path), "--base-url", "http://127.0.0.1:1/v1", *extra])
+        main(["--dataset", "svamp", "--model", "m", "--out", str(tmp_path),
+              "--base-url", "http://127.0.0.1:1/v1", *extra])
 
 
 def test_openai_backend_needs_a_base_url_and_distill_cli_prints_one_line(tmp_path, capsys):

@@ -17,6 +17,10 @@ from distill.teacher.voting import vote
 TEACHER_FIELDS = ("rationale", "teacher_label", "parse_ok")
 
 
+def _teacher(records):
+    return [tuple(r[f] for f in TEACHER_FIELDS) for r in records]
+
+
 def _run(server, data, out, tmp_path, **kwargs):
     backend = OpenAIBackend(base_url=server.base_url, model="teacher", api_key=None)
     kwargs.setdefault("prompt_format", "completion")
@@ -35,16 +39,18 @@ def test_outputs_load_back_through_the_data_layer(tmp_path, dataset):
     source = load_examples(dataset, "test", str(data))
     assert [(e["id"], e["input"], e["label"]) for e in loaded] == [(e["id"], e["input"], e["label"]) for e in source]
     assert [r["id"] for r in records] == [e["id"] for e in source]
-    assert [tuple(e[f] for f in TEACHER_FIELDS) for e in loaded] == [tuple(r[f] for f in TEACHER_FIELDS) for r in records]
+    assert _teacher(loaded) == _teacher(records)
+    assert [e["teacher_raw"] for e in loaded] == [r["teacher_raw"][0] for r in records]
     assert any(r["parse_ok"] for r in records)
     # Without the teacher jsonl, the reference llm/ blocks alone give the same teacher outputs.
     (out / dataset / "test.teacher.jsonl").unlink()
     from_blocks = load_examples(dataset, "test", str(out))
-    assert [tuple(e[f] for f in TEACHER_FIELDS) for e in from_blocks] == [tuple(r[f] for f in TEACHER_FIELDS) for r in records]
+    assert _teacher(from_blocks) == _teacher(records)
     assert [e["teacher_raw"] for e in from_blocks] == [r["teacher_raw"][0] for r in records]
     # The train file's outputs serve the derived train/valid splits.
     train, valid = load_examples(dataset, "train", str(out)), load_examples(dataset, "valid", str(out))
-    assert len(train) + len(valid) == len(load_examples(dataset, "train", str(data))) + len(load_examples(dataset, "valid", str(data)))
+    source_sizes = [len(load_examples(dataset, split, str(data))) for split in ("train", "valid")]
+    assert [len(train), len(valid)] == source_sizes
     assert all("rationale" in e for e in train + valid)
     assert not list(out.rglob("*.tmp-*"))  # atomic writes leave no temp files
 
@@ -62,7 +68,7 @@ def test_real_completions_replayed_through_the_pipeline_match_the_reference_file
     assert summary.completed == len(reference) and summary.failed == 0
     assert summary.parse_failures == sum(not e["parse_ok"] for e in reference) > 0
     loaded = load_examples(dataset, "test", str(tmp_path / "out"))
-    assert [tuple(e[f] for f in TEACHER_FIELDS) for e in loaded] == [tuple(e[f] for f in TEACHER_FIELDS) for e in reference]
+    assert _teacher(loaded) == _teacher(reference)
     blocks = [json.loads((tmp_path / "out" / dataset / "llm" / f"test_CoT_{i}.json").read_text())
               for i in range(len(list((tmp_path / "out" / dataset / "llm").iterdir())))]
     assert [len(b) for b in blocks] == [128] * (len(reference) // 128) + [len(reference) % 128]

@@ -22,7 +22,8 @@ def test_shipped_exemplars_parse_back_to_their_labels(dataset):
 
 
 def test_cqa_answer_names_the_matching_choice_letter():
-    text = prompts.answer_text("cqa", "Q?\nAnswer Choices:\n(a) sea\n(b) wooded area", "Beavers live in woods.", "wooded area")
+    question = "Q?\nAnswer Choices:\n(a) sea\n(b) wooded area"
+    text = prompts.answer_text("cqa", question, "Beavers live in woods.", "wooded area")
     assert text == "Beavers live in woods. So the answer is (b) wooded area."
     with pytest.raises(UserError, match="not one of"):
         prompts.answer_text("cqa", "Q?\nAnswer Choices:\n(a) sea", "r", "desert")

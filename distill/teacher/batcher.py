@@ -87,8 +87,7 @@ async def _attempt_until_done(prompt: Prompt, backend: AsyncBackend, params: Sam
         await limiter.acquire(estimated)
         retry_after = None
         try:
-            completion = await asyncio.wait_for(backend.generate(prompt, params, timeout=policy.timeout),
-                                                timeout=policy.timeout)
+            completion = await asyncio.wait_for(backend.generate(prompt, params), timeout=policy.timeout)
             limiter.settle(estimated, _total_tokens(completion))
             return completion, attempt
         except asyncio.TimeoutError:
@@ -120,8 +119,8 @@ async def run_async(jobs: list[Job], render: Callable[[int], Prompt], backend: A
 
     async def worker() -> None:
         for job in iterator:  # the shared iterator hands each job to exactly one worker
-            result, attempts = await _attempt_until_done(render(job.index), backend, params, limiter=limiter, policy=policy,
-                                                         progress=progress, sleep=sleep, secret=secret)
+            result, attempts = await _attempt_until_done(render(job.index), backend, params, limiter=limiter,
+                                                         policy=policy, progress=progress, sleep=sleep, secret=secret)
             if isinstance(result, str):
                 cache.put_failure(job.key, result, attempts)
                 progress.record(ok=False)

@@ -87,7 +87,8 @@ class CompletionCache:
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:
-            raise UserError(f"teacher cache {path!r} cannot be opened as SQLite ({err}); pass another --cache path") from err
+            raise UserError(f"teacher cache {path!r} cannot be opened as SQLite ({err}); "
+                            "pass another --cache path") from err
 
     def get(self, key: str) -> Completion | None:
         row = self._db.execute(

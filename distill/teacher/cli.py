@@ -87,7 +87,8 @@ def format_summary(summary: TeacherSummary) -> str:
                 if summary.accuracy is not None else "n/a (no gold labels)")
     lines = [
         f"examples:        {summary.examples}",
-        f"completed:       {summary.completed} ({summary.from_cache} prompts from cache, {summary.requested} requested now)",
+        f"completed:       {summary.completed} "
+        f"({summary.from_cache} prompts from cache, {summary.requested} requested now)",
         f"failed:          {summary.failed}",
         f"parse failures:  {summary.parse_failures}",
         f"retries:         {summary.retries}",

@@ -49,7 +49,9 @@ class TeacherSummary:
     paths: dict[str, str]
 
 
-def _split_examples(dataset: str, split: str, data_dir: str, out: str, limit: int | None) -> tuple[list[dict], list[dict]]:
+def _split_examples(dataset: str, split: str, data_dir: str, out: str,
+                    limit: int | None) -> tuple[list[dict], list[dict]]:
+    """(normalized examples, raw records) of the split FILE, first `limit`; UserError for bad choices."""
     get_spec(dataset)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")

@@ -130,10 +130,12 @@ def load_exemplars(dataset: str, path: str | None = None) -> PromptSet:
     except FileNotFoundError:
         raise UserError(f"exemplars file {path} not found; pass --exemplars FILE") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"exemplars file {path} is not valid JSON ({err}); see distill/teacher/exemplars/ for the shape") from None
+        raise UserError(f"exemplars file {path} is not valid JSON ({err}); "
+                        "see distill/teacher/exemplars/ for the shape") from None
     items = data.get("exemplars") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
-        raise UserError(f"{path}: expected {{\"instruction\": str, \"exemplars\": [{{\"input\", \"rationale\", \"label\"}}, ...]}}")
+        raise UserError(f'{path}: expected {{"instruction": str, '
+                        f'"exemplars": [{{"input", "rationale", "label"}}, ...]}}')
     exemplars = []
     for index, item in enumerate(items):
         where = f"{path}: exemplar {index}"

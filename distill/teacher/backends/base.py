@@ -48,8 +48,8 @@ class AsyncBackend(Protocol):
     kind: str
     model: str
 
-    async def generate(self, prompt: Prompt, params: SamplingParams, *, timeout: float) -> Completion:
-        """One attempt; raises RequestError (or asyncio.TimeoutError) on failure."""
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> Completion:
+        """One attempt; raises RequestError on failure (the caller bounds its time and retries)."""
 
     async def aclose(self) -> None: ...
 

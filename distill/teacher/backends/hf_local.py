@@ -27,7 +27,8 @@ class HFBackend:
         except ImportError as err:
             raise UserError(f"--backend hf needs torch and transformers ({err}); pip install 'distill[hf]'") from None
         if not os.path.isdir(model_dir):
-            raise UserError(f"--model {model_dir} is not a folder; --backend hf loads a local save_pretrained() directory")
+            raise UserError(f"--model {model_dir} is not a folder; "
+                            "--backend hf loads a local save_pretrained() directory")
         self.model = model_dir
         self.batch_size = batch_size
         self._torch = torch

@@ -60,7 +60,8 @@ class OpenAIBackend:
     def __init__(self, *, base_url: str, model: str, api_key: str | None) -> None:
         _remember_sniffio_is_missing()
         if not base_url.startswith(("http://", "https://")):
-            raise UserError(f"--base-url {base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
+            raise UserError(f"--base-url {base_url!r} must start with http:// or https:// "
+                            "(e.g. http://127.0.0.1:8000/v1)")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -86,7 +87,7 @@ class OpenAIBackend:
             return "/completions", {**body, "prompt": prompt}
         return "/chat/completions", {**body, "messages": prompt}
 
-    async def generate(self, prompt: Prompt, params: SamplingParams, *, timeout: float) -> Completion:
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> Completion:
         path, body = self._body(prompt, params)
         client = self._borrow()
         try:
