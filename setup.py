@@ -45,6 +45,7 @@ setuptools.setup(
         "tensorflow>=2.18,<2.22",
         "tensorflow-text>=2.18,<2.22",
         "tensorflow-datasets>=4.9",
+        "importlib_resources>=6",  # tensorflow-datasets needs it and does not declare it
     ],
     extras_require={
         "hf": ["torch>=2.1,<3", "transformers>=4.40,<6"],
