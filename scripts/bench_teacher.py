@@ -36,6 +36,7 @@ def _serve(latency: float, conn) -> None:
     with TeacherServer(latency=latency) as server:
         conn.send(server.base_url)
         conn.recv()  # block until the parent says stop
+        conn.send((time.process_time(), sum(server.requests.values())))
 
 
 def _prompts(count: int, offset: int) -> list[str]:
@@ -113,6 +114,9 @@ def main() -> None:
         put_us, get_us = cache_overhead(folder)
         print(f"cache overhead per request: put+commit {put_us:.0f} us, get {get_us:.0f} us")
     parent.send("stop")
+    server_cpu, server_requests = parent.recv()
+    print(f"server CPU {server_cpu / server_requests * 1000:.2f} ms/request ({server_requests} requests, "
+          "the loopback fixture's own cost on the same CPUs)")
     server.join(timeout=5)
 
 

@@ -26,33 +26,36 @@ from distill.teacher.redaction import redact
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distill teacher", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", required=True, help="svamp, cqa, esnli, anli1 or jsonl")
-    p.add_argument("--split", default="train", help="train, valid or test (a split FILE of the data dir)")
-    p.add_argument("--data-dir", default=None, help="data root (default: $DISTILL_DATA_DIR)")
-    p.add_argument("--out", required=True, help="output root: <out>/<dataset>/<split>.teacher.jsonl, llm/, split file")
-    p.add_argument("--cache", default=None, help="SQLite cache file (default: <out>/teacher_cache.sqlite)")
-    p.add_argument("--backend", choices=("openai", "hf", "flax"), default="openai")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--model", required=True, help="served model name (openai) or local checkpoint folder (hf, flax)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--prompt-format", choices=("auto", "chat", "completion"), default="auto",
-                   help="auto: chat for openai, completion for hf/flax")
-    p.add_argument("--exemplars", default=None, help="few-shot exemplars JSON (default: the shipped file)")
-    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (openai)")
-    p.add_argument("--rpm", type=float, default=None, help="requests-per-minute limit")
-    p.add_argument("--tpm", type=float, default=None, help="tokens-per-minute limit")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request attempt")
-    p.add_argument("--max-attempts", type=int, default=6, help="attempts per prompt before it is recorded failed")
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles, with jitter)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (majority vote when > 1)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--gold-filter", action="store_true", help="keep only rationales whose label matches gold")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (hf, flax)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples of the split")
+    p = argparse.ArgumentParser(prog="distill teacher", description=__doc__.split("\n\n")[0])
+    add = p.add_argument
+    add("--dataset", required=True, help="svamp, cqa, esnli, anli1 or jsonl")
+    add("--split", default="train", help="train, valid or test: a split FILE of the data dir (default %(default)s)")
+    add("--data-dir", default=None, help="data root (default: $DISTILL_DATA_DIR)")
+    add("--out", required=True, help="output root: <out>/<dataset>/<split>.teacher.jsonl, llm/, split file")
+    add("--cache", default=None, help="SQLite cache file (default: <out>/teacher_cache.sqlite)")
+    add("--backend", choices=("openai", "hf", "flax"), default="openai", help="default %(default)s")
+    add("--base-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    add("--model", required=True, help="served model name (openai) or local checkpoint folder (hf, flax)")
+    add("--api-key-env", default="OPENAI_API_KEY",
+        help="environment variable holding the API key (default %(default)s)")
+    add("--prompt-format", choices=("auto", "chat", "completion"), default="auto",
+        help="auto: chat for openai, completion for hf/flax")
+    add("--exemplars", default=None, help="few-shot exemplars JSON (default: the shipped file)")
+    add("--concurrency", type=int, default=64, help="requests in flight, openai (default %(default)s)")
+    add("--rpm", type=float, default=None, help="requests-per-minute limit")
+    add("--tpm", type=float, default=None, help="tokens-per-minute limit")
+    add("--timeout", type=float, default=120.0, help="seconds per request attempt (default %(default)s)")
+    add("--max-attempts", type=int, default=6,
+        help="attempts per prompt before it is recorded failed (default %(default)s)")
+    add("--backoff", type=float, default=1.0,
+        help="first retry delay in seconds, doubling, with jitter (default %(default)s)")
+    add("--num-samples", type=int, default=1, help="samples per prompt, majority vote when > 1 (default %(default)s)")
+    add("--temperature", type=float, default=0.0, help="default %(default)s (greedy)")
+    add("--top-p", type=float, default=1.0, help="default %(default)s")
+    add("--max-tokens", type=int, default=256, help="completion tokens per sample (default %(default)s)")
+    add("--gold-filter", action="store_true", help="keep only rationales whose label matches gold")
+    add("--batch-size", type=int, default=16, help="prompts per generate call, hf and flax (default %(default)s)")
+    add("--limit", type=int, default=None, help="only the first N examples of the split")
     return p
 
 

@@ -64,6 +64,8 @@ class OpenAIBackend:
                             "(e.g. http://127.0.0.1:8000/v1)")
         self.model = model
         self.base_url = base_url.rstrip("/")
+        # Parsed once: httpx re-parses a str URL on every request.
+        self._urls = {path: httpx.URL(self.base_url + path) for path in ("/completions", "/chat/completions")}
         self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._ssl = httpx.create_ssl_context()  # built once: loading CA certificates takes ~0.1 s
@@ -91,7 +93,7 @@ class OpenAIBackend:
         path, body = self._body(prompt, params)
         client = self._borrow()
         try:
-            response = await client.post(self.base_url + path, json=body)
+            response = await client.post(self._urls[path], json=body)
         except httpx.TransportError as err:  # connect errors, dropped connections, protocol errors
             raise RequestError(redact(f"{type(err).__name__}: {err}", self._api_key), retryable=True) from None
         finally:
