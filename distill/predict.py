@@ -13,7 +13,8 @@ Three layers, each usable alone:
 
 `distill predict --checkpoint DIR --input TEXT` (or `--input-file F.jsonl
 --output-file OUT.jsonl`) loads a Hugging Face T5 directory (config.json,
-weights, spiece.model) or a training model directory, adds the task prefix and
+weights, spiece.model) or a training run (model dir or one step's
+checkpoint, with the run's SentencePiece vocabulary), adds the task prefix and
 prints / writes the predictions.
 """
 from __future__ import annotations
@@ -255,10 +256,17 @@ def _sentencepiece(path: Path) -> Vocabulary:
 
 
 def load_for_prediction(checkpoint: str) -> tuple[T5Config, Any, Vocabulary]:
-    """(config, params, vocabulary) from a Hugging Face T5 directory with its spiece.model."""
+    """(config, params, vocabulary) from a checkpoint on disk.
+
+    `checkpoint` is a Hugging Face T5 directory (config.json, weights and
+    spiece.model), a training model dir (run.json; its latest finished step)
+    or one `<model_dir>/checkpoints/<step>` folder. The vocabulary of a
+    training run is the one named in run.json, else `<model_dir>/vocab/spm.model`.
+    """
     path = Path(checkpoint)
     if not path.exists():
-        raise UserError(f"checkpoint {checkpoint} does not exist; pass a Hugging Face T5 directory or a model dir")
+        raise UserError(f"checkpoint {checkpoint} does not exist; pass a Hugging Face T5 directory, a model dir "
+                        "or <model_dir>/checkpoints/<step>")
     if (path / "config.json").is_file():
         tokenizer = path / "spiece.model"
         if not tokenizer.is_file():
@@ -268,8 +276,37 @@ def load_for_prediction(checkpoint: str) -> tuple[T5Config, Any, Vocabulary]:
 
         config, params = load_hf_checkpoint(str(path))
         return config, params, _sentencepiece(tokenizer)
-    raise UserError(f"{checkpoint} is not a Hugging Face T5 directory (no config.json); training "
-                    "checkpoints are not supported by `distill predict` yet: export one with `distill export`")
+    return _load_training_run(path)
+
+
+def _load_training_run(path: Path) -> tuple[T5Config, Any, Vocabulary]:
+    from distill import checkpointing
+    from distill.models.t5 import abstract_params
+    from distill.partitioning import Partitioner
+
+    if checkpointing.is_complete_step_dir(path):
+        model_dir = path.parent.parent
+    else:
+        model_dir = path.parent if path.name == "checkpoints" else path
+    run_file = model_dir / "run.json"
+    if not run_file.is_file():
+        raise UserError(f"{path} is neither a Hugging Face T5 directory (no config.json) nor a training model "
+                        f"dir (no {run_file}); pass one of those, or a <model_dir>/checkpoints/<step> folder")
+    try:
+        run_info = json.loads(run_file.read_text(encoding="utf-8"))
+        config = T5Config(**run_info["model_config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{run_file} is not a readable run file ({err}); was it written by `distill train`?") from None
+    candidates = [Path(run_info["vocabulary_path"])] if run_info.get("vocabulary_path") else []
+    candidates.append(model_dir / "vocab" / "spm.model")
+    tokenizer = next((c for c in candidates if c.is_file()), None)
+    if tokenizer is None:
+        raise UserError(f"no vocabulary for {model_dir}: looked for {', '.join(map(str, candidates))}; "
+                        "copy the run's SentencePiece model to the last of those")
+    boxed = abstract_params(config)
+    params = checkpointing.restore_params(str(path), nn.unbox(boxed)["params"],
+                                          Partitioner().shardings_for(boxed)["params"])
+    return config, params, _sentencepiece(tokenizer)
 
 
 # ----------------------------------------------------------------------------
@@ -317,8 +354,10 @@ def _write_jsonl_atomically(path: str, records: list[dict]) -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distill predict", description=(
-        "Predict labels or rationales with a T5 checkpoint (Hugging Face directory with spiece.model)."))
-    parser.add_argument("--checkpoint", required=True, help="Hugging Face T5 directory (config.json, weights, spiece.model)")
+        "Predict labels or rationales with a T5 checkpoint."))
+    parser.add_argument("--checkpoint", required=True, help=(
+        "Hugging Face T5 directory (config.json, weights, spiece.model), a training model dir (latest step) "
+        "or <model_dir>/checkpoints/<step>"))
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="one input text; the prediction is printed")
     source.add_argument("--input-file", help='JSONL file of {"input": ...} records')

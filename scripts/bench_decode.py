@@ -4,15 +4,19 @@ Builds a random T5 of a given shape with transformers, saves it, loads the same
 weights into the Flax model (distill.models.checkpoints.load_hf_checkpoint),
 and decodes the same random batch with both, greedy and beam search, for a fixed
 number of new tokens (random weights rarely emit EOS, so both run to the
-length limit and do equal work). Each backend runs in its own subprocess pinned
-to the same CPUs, with torch.set_num_threads equal to the CPU count, so their
-peak RSS figures are separate. Compile time (JAX's first call minus a steady
-call) is reported apart from the steady throughput.
+length limit and do equal work; the mean generated length is printed to show it).
 
-    python scripts/bench_decode.py --size tiny --batch 32 --threads 2
-    python scripts/bench_decode.py --size small --methods greedy,beam
+Each backend lives in its own process (so peak RSS is its own), pinned to the
+same `--threads` CPUs, torch.set_num_threads(threads) for HF. The parent
+alternates timed runs between them, so load from other processes on a shared
+machine hits both alike; wall-clock medians give examples/s, and process CPU
+time is printed too (with one thread it measures work, not waiting). Compile
+time (JAX's first call minus a steady one) is reported apart.
 
-Prints one line per (backend, method) and a ratio line per method.
+    python scripts/bench_decode.py --size tiny --batch 32
+    python scripts/bench_decode.py --size small --methods greedy,beam --threads 2
+
+Prints one line per (backend, method), a ratio line per method, and peak RSS.
 """
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--decode-length", type=int, default=32, help="new tokens per example")
     parser.add_argument("--methods", default="greedy,beam", help="comma list of greedy, beam")
     parser.add_argument("--num-beams", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPUs both backends may use")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPUs each backend is pinned to (torch.set_num_threads too); 1 = least noise")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after warm-up (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     # Internal: run one backend in this process.
@@ -75,20 +80,8 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _time(fn, repeats: int) -> tuple[float, float]:
-    """(first call seconds, median of `repeats` later calls)."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
-
-
-def _run_jax(args) -> dict:
+def _jax_decoder(args):
+    """decode(method) for distill: the Flax T5 on the saved weights, through predict_batch."""
     import jax
     import numpy as np
 
@@ -96,44 +89,77 @@ def _run_jax(args) -> dict:
     from distill.predict import predict_batch
 
     config, params = load_hf_checkpoint(args.checkpoint)
-    config = config.replace(dropout_rate=0.0)
     params = jax.device_put(params)
     tokens = jax.device_put(_inputs(args))
-    results = {}
-    for method in args.methods.split(","):
-        def decode():
-            out = predict_batch(config, params, tokens, method=method, num_beams=args.num_beams,
-                                max_decode_length=args.decode_length)
-            return np.asarray(out)
 
-        first, steady = _time(decode, args.repeats)
-        results[method] = dict(seconds=steady, compile=max(first - steady, 0.0))
-    results["peak_rss_mib"] = _peak_rss_mib()
-    results["device"] = str(jax.devices()[0].platform)
-    return results
+    def decode(method: str) -> np.ndarray:
+        return np.asarray(predict_batch(config, params, tokens, method=method, num_beams=args.num_beams,
+                                        max_decode_length=args.decode_length))
+
+    return decode, jax.devices()[0].platform
 
 
-def _run_hf(args) -> dict:
+def _hf_decoder(args):
+    """decode(method) for transformers: generate on the same weights and batch."""
     import torch
     import transformers
 
     torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
     model = transformers.T5ForConditionalGeneration.from_pretrained(args.checkpoint).eval()
     ids = torch.from_numpy(_inputs(args)).long()
     mask = (ids != 0).long()
-    results = {}
-    for method in args.methods.split(","):
-        beams = args.num_beams if method == "beam" else 1
 
-        def decode():
-            with torch.inference_mode():
-                return model.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=beams,
-                                      max_new_tokens=args.decode_length)
+    def decode(method: str):
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=args.decode_length,
+                                 num_beams=args.num_beams if method == "beam" else 1)
+        return out[:, 1:].numpy()
 
-        _, steady = _time(decode, args.repeats)
-        results[method] = dict(seconds=steady)
-    results["peak_rss_mib"] = _peak_rss_mib()
-    return results
+    return decode, "cpu"
+
+
+def _serve(args) -> None:
+    """Child process: answer "run <method>" lines with one timed decode each (JSON), until EOF."""
+    import numpy as np
+
+    decode, device = (_jax_decoder if args.backend == "jax" else _hf_decoder)(args)
+    print(json.dumps({"device": device}), flush=True)
+    for line in sys.stdin:
+        method = line.split()[1]
+        wall, cpu = time.perf_counter(), time.process_time()
+        tokens = decode(method)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        # Rows that emitted EOS stop early; report the mean generated length so equal work is visible.
+        lengths = [int(np.argmax(row == 1)) + 1 if (row == 1).any() else row.shape[0] for row in tokens]
+        print(json.dumps({"wall": wall, "cpu": cpu, "mean_length": float(np.mean(lengths)),
+                          "peak_rss_mib": _peak_rss_mib()}), flush=True)
+
+
+class _Child:
+    """One backend in its own process, pinned to the same CPUs, driven line by line."""
+
+    def __init__(self, args, backend: str, checkpoint: str):
+        argv = [sys.executable, os.path.abspath(__file__), "--backend", backend, "--checkpoint", checkpoint]
+        for flag in ("size", "batch", "input_length", "decode_length", "num_beams", "threads", "seed"):
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.device = self._read()["device"]
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"benchmark child {self.process.args[3]} died (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def run(self, method: str) -> dict:
+        self.process.stdin.write(f"run {method}\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def _save_random_model(args, directory: str) -> None:
@@ -146,35 +172,46 @@ def _save_random_model(args, directory: str) -> None:
     transformers.T5ForConditionalGeneration(config).eval().save_pretrained(directory)
 
 
-def _child(args, backend: str, checkpoint: str) -> dict:
-    argv = [sys.executable, os.path.abspath(__file__), "--backend", backend, "--checkpoint", checkpoint]
-    for flag in ("size", "batch", "input_length", "decode_length", "methods", "num_beams", "threads", "repeats",
-                 "seed"):
-        argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    done = subprocess.run(argv, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     args = _parse_args(argv)
     _pin(args.threads)
     if args.backend:
-        result = _run_jax(args) if args.backend == "jax" else _run_hf(args)
-        print(json.dumps(result))
+        _serve(args)
         return 0
+    methods = args.methods.split(",")
+    results = {}
     with tempfile.TemporaryDirectory() as directory:
         _save_random_model(args, directory)
-        ours = _child(args, "jax", directory)
-        theirs = _child(args, "hf", directory)
+        ours, theirs = _Child(args, "jax", directory), _Child(args, "hf", directory)
+        try:
+            for method in methods:
+                first = ours.run(method)  # compiles
+                theirs.run(method)  # warm-up
+                # Alternate the two so that load from other processes hits both alike.
+                runs = [(ours.run(method), theirs.run(method)) for _ in range(args.repeats)]
+                median = lambda key, side: statistics.median(r[side][key] for r in runs)  # noqa: E731
+                results[method] = dict(
+                    ours_wall=median("wall", 0), theirs_wall=median("wall", 1), ours_cpu=median("cpu", 0),
+                    theirs_cpu=median("cpu", 1), compile=max(first["wall"] - median("wall", 0), 0.0),
+                    ours_length=runs[-1][0]["mean_length"], theirs_length=runs[-1][1]["mean_length"],
+                    ours_rss=runs[-1][0]["peak_rss_mib"], theirs_rss=runs[-1][1]["peak_rss_mib"])
+        finally:
+            ours.close()
+            theirs.close()
     print(f"bench_decode size={args.size} batch={args.batch} input_length={args.input_length} "
-          f"new_tokens={args.decode_length} beams={args.num_beams} threads={args.threads} jax_device={ours['device']}")
-    for method in args.methods.split(","):
-        a, b = ours[method], theirs[method]
-        print(f"  {method:6s} distill: {args.batch / a['seconds']:8.1f} examples/s  ({a['seconds']:.3f} s/batch, "
-              f"compile {a['compile']:.1f} s)")
-        print(f"  {method:6s} HF     : {args.batch / b['seconds']:8.1f} examples/s  ({b['seconds']:.3f} s/batch)")
-        print(f"  {method:6s} ratio  : {b['seconds'] / a['seconds']:.2f}x HF throughput")
-    print(f"  peak RSS: distill {ours['peak_rss_mib']:.0f} MiB, HF {theirs['peak_rss_mib']:.0f} MiB")
+          f"new_tokens={args.decode_length} beams={args.num_beams} threads={args.threads} "
+          f"jax_device={ours.device} repeats={args.repeats}")
+    for method in methods:
+        r = results[method]
+        for name, side in (("distill", "ours"), ("HF", "theirs")):
+            extra = f", compile {r['compile']:.1f} s" if side == "ours" else ""
+            print(f"  {method:6s} {name:7s}: {args.batch / r[side + '_wall']:8.1f} examples/s  "
+                  f"({r[side + '_wall']:.3f} s/batch wall, {r[side + '_cpu']:.3f} s CPU, "
+                  f"mean length {r[side + '_length']:.1f}{extra})")
+        print(f"  {method:6s} ratio  : {r['theirs_wall'] / r['ours_wall']:.2f}x HF throughput "
+              f"(CPU-time ratio {r['theirs_cpu'] / r['ours_cpu']:.2f}x)")
+    print(f"  peak RSS: distill {max(r['ours_rss'] for r in results.values()):.0f} MiB, "
+          f"HF {max(r['theirs_rss'] for r in results.values()):.0f} MiB")
     return 0
 
 

@@ -94,6 +94,34 @@ def test_predict_file_adds_predictions_in_order(hf_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"], "no temp files left behind"
 
 
+def test_predict_reads_a_training_run_and_its_vocabulary(hf_dir, tmp_path, capsys):
+    """A model dir as `distill train` leaves it: run.json, checkpoints/<step>, vocab/spm.model."""
+    import dataclasses
+    import shutil
+
+    import jax
+
+    from distill.checkpointing import CheckpointManager
+
+    directory, _, _ = hf_dir
+    config, params, _ = predict.load_for_prediction(str(directory))
+    model_dir = tmp_path / "run"
+    manager = CheckpointManager(str(model_dir), save_every=1, async_save=False)
+    manager.save(7, {"params": jax.device_put(params)}, {"position": 0})
+    manager.close()
+    (model_dir / "run.json").write_text(json.dumps({"model_config": dataclasses.asdict(config)}))
+    argv = ["--input", "how many apples are left", "--max-decode-length", str(NEW_TOKENS)]
+    assert cli.main(["predict", "--checkpoint", str(model_dir), *argv]) == 2
+    assert "spm.model" in capsys.readouterr().err
+    (model_dir / "vocab").mkdir()
+    shutil.copy(directory / "spiece.model", model_dir / "vocab" / "spm.model")
+    outputs = []
+    for checkpoint in (directory, model_dir, model_dir / "checkpoints" / "7"):
+        assert cli.main(["predict", "--checkpoint", str(checkpoint), *argv]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].strip()
+
+
 def test_beam_decoder_matches_hf_beam_search(hf_dir):
     directory, model, vocab = hf_dir
     config, params, loaded_vocab = predict.load_for_prediction(str(directory))
