@@ -30,17 +30,34 @@ CQA_TEST = [
 ]
 
 
+NLI_TEST = [
+    {"premise": f"A person number {i} walks a dog in the park.", "hypothesis": f"Person {i} is outside.",
+     "label": i % 3}
+    for i in range(9)
+]
+
+JSONL_TEST = [{"id": f"r{i}", "input": f"Is review {i} positive or negative?", "label": ["positive", "negative"][i % 2]}
+              for i in range(6)]
+
+
 def write_lines(path: pathlib.Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
 def make_data_dir(root: pathlib.Path) -> pathlib.Path:
-    """<root>/svamp/svamp_{train,test}.json and <root>/cqa/cqa_{train,test}.json."""
+    """<root>/<name>/<name>_{train,test}.json for svamp and cqa, plus valid files for anli1
+    and esnli (records in the paper's shapes), and <root>/jsonl/{train,test}.jsonl."""
     write_lines(root / "svamp" / "svamp_test.json", SVAMP_TEST)
     write_lines(root / "svamp" / "svamp_train.json", SVAMP_TEST[:10])
     write_lines(root / "cqa" / "cqa_test.json", CQA_TEST)
     write_lines(root / "cqa" / "cqa_train.json", CQA_TEST[:6])
+    for name, id_key in (("anli1", "uid"), ("esnli", "id")):
+        records = [{id_key: f"{name}-{i}", **r} for i, r in enumerate(NLI_TEST)]
+        for split in ("train", "valid", "test"):
+            write_lines(root / name / f"{name}_{split}.json", records)
+    write_lines(root / "jsonl" / "test.jsonl", JSONL_TEST)
+    write_lines(root / "jsonl" / "train.jsonl", JSONL_TEST)
     return root
 
 

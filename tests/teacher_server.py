@@ -52,9 +52,10 @@ def last_question(prompt) -> str:
     return question.rsplit("\nA:", 1)[0].strip()
 
 
-def _nli_answer(h: int, question: str) -> str:
+def _nli_answer(h: int, answer_line: bool) -> str:
     label = ("entailment", "neutral", "contradiction")[h % 3]
-    return f"The hypothesis follows from the premise only in part; judging both. So the answer is {label}."
+    rationale = "The hypothesis follows from the premise only in part; judging both."
+    return f"{rationale}\nAnswer: {label}" if answer_line else f"{rationale} So the answer is {label}."
 
 
 def _choice_answer(h: int, choices: list[tuple[str, str]]) -> str:
@@ -76,13 +77,16 @@ def answer_for(prompt, sample: int = 0) -> str:
     """The completion the server gives for `prompt` (deterministic)."""
     h = int(prompt_key(prompt)[:12], 16) + 7919 * sample
     question = last_question(prompt)
+    full = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
     choices = re.findall(r"^\(([a-e])\)\s*(.+)$", question, flags=re.MULTILINE)
     if h % 16 == 5:
         return "I am not sure how to approach this one without more information."
-    if "Hypothesis:" in question:
-        text = _nli_answer(h, question)
+    if "Hypothesis:" in question:  # answer in the phrasing the prompt's exemplars use
+        text = _nli_answer(h, answer_line="\nAnswer: " in full)
     elif choices:
         text = _choice_answer(h, choices)
+    elif "So the answer is negative" in full:  # the generic exemplars
+        text = f"Judging by its words. So the answer is {('positive', 'negative')[h % 2]}."
     else:
         text = _equation_answer(h, question)
     if h % 4 == 1:  # run on into the next few-shot question, like the paper's completions

@@ -28,13 +28,18 @@ def _run(server, data, out, tmp_path, **kwargs):
                        progress_stream=open(tmp_path / "progress", "a"), **kwargs)
 
 
-@pytest.mark.parametrize("dataset", ["svamp", "cqa"])
+@pytest.mark.parametrize("dataset", ["svamp", "cqa", "anli1", "esnli", "jsonl"])
 def test_outputs_load_back_through_the_data_layer(tmp_path, dataset):
+    """For "jsonl" the data dir is the dataset folder itself, and so is the output dir."""
     data, out = make_data_dir(tmp_path / "data"), tmp_path / "out"
+    if dataset == "jsonl":
+        data = data / "jsonl"
+    splits = ("test", "train", "valid") if dataset in ("anli1", "esnli") else ("test", "train")
     with TeacherServer() as server:
-        for split in ("test", "train"):
+        for split in splits:
             _run(server, data, out, tmp_path, dataset=dataset, split=split)
-    records = read_jsonl(out / dataset / "test.teacher.jsonl")
+    folder = out if dataset == "jsonl" else out / dataset
+    records = read_jsonl(folder / "test.teacher.jsonl")
     loaded = load_examples(dataset, "test", str(out))
     source = load_examples(dataset, "test", str(data))
     assert [(e["id"], e["input"], e["label"]) for e in loaded] == [(e["id"], e["input"], e["label"]) for e in source]
@@ -42,17 +47,18 @@ def test_outputs_load_back_through_the_data_layer(tmp_path, dataset):
     assert _teacher(loaded) == _teacher(records)
     assert [e["teacher_raw"] for e in loaded] == [r["teacher_raw"][0] for r in records]
     assert any(r["parse_ok"] for r in records)
-    # Without the teacher jsonl, the reference llm/ blocks alone give the same teacher outputs.
-    (out / dataset / "test.teacher.jsonl").unlink()
-    from_blocks = load_examples(dataset, "test", str(out))
-    assert _teacher(from_blocks) == _teacher(records)
-    assert [e["teacher_raw"] for e in from_blocks] == [r["teacher_raw"][0] for r in records]
-    # The train file's outputs serve the derived train/valid splits.
+    assert not list(out.rglob("*.tmp-*"))  # atomic writes leave no temp files
+    # The train file's outputs serve the train/valid splits (valid derived from train unless it has a file).
     train, valid = load_examples(dataset, "train", str(out)), load_examples(dataset, "valid", str(out))
     source_sizes = [len(load_examples(dataset, split, str(data))) for split in ("train", "valid")]
     assert [len(train), len(valid)] == source_sizes
     assert all("rationale" in e for e in train + valid)
-    assert not list(out.rglob("*.tmp-*"))  # atomic writes leave no temp files
+    if dataset != "jsonl":
+        # Without the teacher jsonl, the reference llm/ blocks alone give the same teacher outputs.
+        (out / dataset / "test.teacher.jsonl").unlink()
+        from_blocks = load_examples(dataset, "test", str(out))
+        assert _teacher(from_blocks) == _teacher(records)
+        assert [e["teacher_raw"] for e in from_blocks] == [r["teacher_raw"][0] for r in records]
 
 
 @pytest.mark.parametrize("dataset", ["svamp", "cqa"])
