@@ -2,7 +2,8 @@
 
 Lets a TPU or GPU user prompt Flan-T5-XXL few-shot without running a server:
 `distill.predict.load_for_prediction` reads a Hugging Face T5 folder
-(config.json, weights, spiece.model) and `distill.predict.decode_texts` runs
+(config.json, weights, spiece.model) or one of this project's training model
+dirs, and `distill.predict.decode_texts` runs
 batched, jit-compiled greedy or sampled decoding (inputs sorted and padded to
 a few bucket shapes). Prompts must be plain text (T5 has no chat template).
 
