@@ -43,3 +43,21 @@ def test_progress_line_and_summary(tmp_path, capsys):
                  "failed:          0", "parse failures:  ", "teacher accuracy: ", "tokens used:     "):
         assert line in captured.out
     assert "% of 6 gold-labelled examples" in captured.out
+
+
+def test_library_call_works_inside_a_running_event_loop(tmp_path):
+    """Notebooks run an event loop already; run_teacher must not trip over it."""
+    import asyncio
+
+    from distill.teacher.backends.openai_http import OpenAIBackend
+    from distill.teacher.pipeline import run_teacher
+
+    data = make_data_dir(tmp_path / "data")
+    with TeacherServer() as server:
+        async def inside_a_loop():
+            backend = OpenAIBackend(base_url=server.base_url, model="teacher", api_key=None)
+            return run_teacher(dataset="svamp", split="test", data_dir=str(data), out=str(tmp_path / "out"),
+                               backend=backend, limit=3, progress_stream=open(tmp_path / "p", "w"))
+
+        summary = asyncio.run(inside_a_loop())
+    assert summary.completed == 3

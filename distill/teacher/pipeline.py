@@ -13,6 +13,7 @@ call after a crash sends only what is missing and writes the same files.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import os
 import time
@@ -102,7 +103,7 @@ def run_teacher(*, dataset: str, split: str, out: str, backend: AsyncBackend | B
         if jobs and hasattr(backend, "generate_batch"):
             batcher.run_batched(jobs, render, backend, cache, params, progress=progress)
         elif jobs:
-            asyncio.run(_run_and_close(jobs, render, backend, cache, params, concurrency=concurrency,
+            _run_coroutine(_run_and_close(jobs, render, backend, cache, params, concurrency=concurrency,
                                        limiter=limiter or RateLimiter(), policy=policy or batcher.RetryPolicy(),
                                        progress=progress, secret=secret))
         progress.maybe_draw(force=True)
@@ -110,6 +111,17 @@ def run_teacher(*, dataset: str, split: str, out: str, backend: AsyncBackend | B
                        progress=progress, from_cache=distinct - len(jobs), start=start)
     finally:
         cache.close()
+
+
+def _run_coroutine(coroutine) -> None:
+    """asyncio.run, also from inside a running event loop (Jupyter, Colab): then in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coroutine)
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
 
 
 async def _run_and_close(jobs, render, backend, cache, params, **kwargs) -> None:

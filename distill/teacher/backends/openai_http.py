@@ -1,13 +1,15 @@
 """OpenAI-compatible HTTP backend: /v1/completions and /v1/chat/completions.
 
-Works with vLLM, SGLang, TGI's OpenAI route and hosted APIs. Each
-request in flight borrows its own `httpx.AsyncClient` holding one keep-alive
-connection and returns it afterwards, so connections are reused and there are
-never more than the batcher's concurrency. (One shared client with hundreds of
-connections spends most of its time scanning its own pool: httpcore's
-request-to-connection assignment is quadratic in the pool size.) The class makes exactly one attempt
-per call and turns every failure into a `RequestError` that says whether a
-retry may help; retries, pacing and timeouts-overall live in the batcher.
+Works with vLLM, SGLang, TGI's OpenAI route and hosted APIs. Each request in
+flight borrows its own `httpx.AsyncClient` holding one keep-alive connection
+and hands it back afterwards, so connections are reused and never outnumber
+the batcher's concurrency. (One shared client with hundreds of connections
+spends most of its time scanning its own pool: httpcore's request-to-connection
+assignment is quadratic in the pool size.)
+
+`generate` makes exactly one attempt and turns every failure into a
+`RequestError` that says whether a retry may help; retries, pacing and the
+per-attempt timeout live in the batcher.
 
 The API key is sent only in the Authorization header. Every error message is
 passed through `redact` before it leaves this module, because servers
@@ -75,7 +77,8 @@ class OpenAIBackend:
     def _borrow(self) -> httpx.AsyncClient:
         if self._idle:
             return self._idle.pop()
-        client = httpx.AsyncClient(headers=self._headers, verify=self._ssl, timeout=None,  # the batcher bounds attempts
+        # timeout=None: the batcher bounds each attempt as a whole.
+        client = httpx.AsyncClient(headers=self._headers, verify=self._ssl, timeout=None,
                                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
         self._all.append(client)
         return client
@@ -113,7 +116,7 @@ class OpenAIBackend:
             else:
                 texts = tuple(str(c["message"]["content"] or "") for c in choices)
             usage = data.get("usage") or {}
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             # A truncated or garbled body: the server had a bad moment, try again.
             raise RequestError(f"malformed response from {path}: {type(err).__name__}", retryable=True) from None
         if len(texts) != params.n:
