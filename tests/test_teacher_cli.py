@@ -61,3 +61,14 @@ def test_library_call_works_inside_a_running_event_loop(tmp_path):
 
         summary = asyncio.run(inside_a_loop())
     assert summary.completed == 3
+
+
+def test_importing_the_teacher_pulls_in_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, distill.teacher, distill.teacher.cli, distill.teacher.pipeline; "
+            "print(sorted(m for m in ('tensorflow', 'seqio', 'jax', 'torch', 'httpx', 'transformers') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

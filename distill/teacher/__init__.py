@@ -1,12 +1,13 @@
 """The teacher stage: few-shot CoT prompting of a teacher LLM into cached rationales.
 
-    prompts     exemplar data files -> completion / chat prompts
-    backends/   OpenAI-compatible HTTP (httpx), local HF (torch), local Flax T5 (jax)
+    prompts     exemplar data files (exemplars/<dataset>.json) -> completion / chat prompts
+    backends/   OpenAI-compatible HTTP (httpx), local HF causal LM (torch), local Flax T5 (jax)
     ratelimit   RPM / TPM token buckets
-    batcher     bounded concurrency, retries with backoff, one commit per answer
+    batcher     bounded concurrency, per-attempt timeout, retries with backoff, one commit per answer
     cache       SQLite (WAL) cache keyed by the prompt's hash: kill -9 safe, resumable
-    voting      self-consistency majority vote over n samples
-    export      <out>/<dataset>/<split>.teacher.jsonl + the reference llm/ layout
+    voting      self-consistency majority vote over n samples (the data layer's parser)
+    export      <out>/<dataset>/<split>.teacher.jsonl + the reference llm/ layout, atomically
+    progress    the stderr progress line;  redaction: the API key out of every message
     pipeline    `run_teacher(...)`, the library entry point
     cli         `distill teacher`
 
