@@ -71,7 +71,7 @@ def cache_key(*, backend: str, model: str, prompt: Any, params: dict[str, Any]) 
 
 
 class CompletionCache:
-    """The SQLite file; one connection, used from one thread (the event loop)."""
+    """The SQLite file through one connection, used by one thread at a time (the event loop's)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -81,7 +81,7 @@ class CompletionCache:
             self._db = sqlite3.connect(path, check_same_thread=False)
             # WAL: a kill -9 mid-commit leaves the last committed state; NORMAL
             # sync is durable against process death (not power loss) and keeps
-            # a commit in the tens of microseconds.
+            # a commit well under a millisecond (scripts/bench_teacher.py).
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=10000")
