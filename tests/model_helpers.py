@@ -63,7 +63,7 @@ def save_hf_t5(directory: str | pathlib.Path, variant: str, *, seed: int = 0, **
     return model
 
 
-def padded_batch(seed: int = 0, batch: int = 3, input_length: int = 9, target_length: int = 7) -> dict:
+def padded_batch(seed: int = 0, batch: int = 3, input_length: int = 9, target_length: int = 8) -> dict:
     """Random int32 batch with row-dependent padding (token 0) in inputs and targets.
 
     Returns encoder_input_tokens [b, Li], decoder_target_tokens [b, Lt],

@@ -377,7 +377,8 @@ def init_params(
     """Fresh variables {"params": ...} with nn.LogicallyPartitioned leaves (use nn.unbox for arrays)."""
     encoder_tokens = jnp.ones((batch_size, encoder_length), jnp.int32)
     decoder_tokens = jnp.ones((batch_size, decoder_length), jnp.int32)
-    variables = T5(config).init({"params": rng}, encoder_tokens, decoder_tokens)
+    # Jitted: op-by-op initialization of a deep model is dominated by dispatch.
+    variables = jax.jit(T5(config).init)({"params": rng}, encoder_tokens, decoder_tokens)
     return {"params": variables["params"]}
 
 
