@@ -129,7 +129,7 @@ def train_with_gin(gin_files: list[str], bindings: list[str]) -> dict | None:
     gin_bindings.parse_gin(gin_files, bindings)
     try:
         gin_bindings.check_required_macros()
-        return gin_bindings.register_entry_points()["train"]()
+        return gin_bindings.register_entry_points()["train"](config_text=gin.config_str())
     finally:
         gin.clear_config()
 

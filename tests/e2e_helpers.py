@@ -42,3 +42,28 @@ def markdown_rows(text: str, section: str) -> list[list[str]]:
         if line.startswith("|") and not line.startswith("| ---"):
             rows.append([cell.strip() for cell in line.strip("|").split("|")])
     return rows
+
+
+# A micro T5 (one layer each side, d_model 32) and a short, small evaluation: seconds per run.
+MICRO_BINDINGS = (
+    "VOCAB_SIZE = 512", "T5Config.d_model = 32", "T5Config.d_kv = 8", "T5Config.d_ff = 64",
+    "T5Config.num_heads = 2", "T5Config.num_encoder_layers = 1", "T5Config.num_decoder_layers = 1",
+    "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 64}", "BATCH_SIZE = 4", "EVAL_PERIOD = 0",
+    "CHECKPOINT_PERIOD = 0", "train.eval_splits = ('test',)", "train.eval_max_examples = 8",
+    "train.max_decode_length = 8", "train.num_rationale_examples = 0", "train.async_checkpointing = False",
+)
+
+
+def run_micro_sweep(sweep_dir: str, data_dir: str) -> None:
+    """The 2 methods x 2 fractions x 2 seeds SVAMP grid with a micro T5 for 2 steps, as `distill sweep` runs it."""
+    import os
+
+    from distill import sweep
+    from distill.vocab import train_vocabulary_for_dataset
+
+    sweep.enable_compilation_cache(os.path.join(sweep_dir, ".jax_cache"))
+    vocab = train_vocabulary_for_dataset("svamp", data_dir, size=512, out_path=os.path.join(sweep_dir, "spm.model"))
+    micro = sweep.ModelSpec("micro", tiny=True, bindings=(*MICRO_BINDINGS, f"VOCABULARY_PATH = {vocab!r}"))
+    grid = sweep.make_grid(["svamp"], ["standard_gt", "step_by_step_gt"], ["micro"], [0.125, 0.25], [0, 1])
+    outcome = sweep.run_sweep(grid, sweep_dir, models={"micro": micro}, steps=2, data_dir=data_dir)
+    assert not outcome.failed, outcome.failed

@@ -8,6 +8,8 @@ import csv
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -132,3 +134,32 @@ def test_pretrained_sizes_use_the_paper_files_and_their_checkpoint():
 def test_bad_grid_arguments_are_user_errors(tmp_path, argv, message):
     with pytest.raises(UserError, match=message):
         sweep.main(["--out", str(tmp_path), *argv])
+
+
+def test_real_2x2x2_grid_on_svamp_then_rerun_skips_all(tmp_path, shared_data_dir, repo_root):
+    """Trains in a fresh process, as `distill sweep` does (so JAX's compilation cache is in use)."""
+    sweep_dir = tmp_path / "sweep"
+    env = dict(os.environ, PYTHONPATH=str(repo_root / "tests"), JAX_PLATFORMS="cpu")
+    code = f"import e2e_helpers; e2e_helpers.run_micro_sweep({str(sweep_dir)!r}, {str(shared_data_dir)!r})"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(": test accuracy") == 8
+    rows = _read_csv(sweep_dir / "results.csv")
+    assert sorted((r["method"], r["train_fraction"], r["seed"]) for r in rows) == sorted(
+        (method, fraction, seed) for method in ("standard_gt", "step_by_step_gt")
+        for fraction in ("0.125", "0.25") for seed in ("0", "1"))
+    for row in rows:
+        assert row["model"] == "micro" and row["steps"] == "2" and 0.0 <= float(row["accuracy"]) <= 1.0
+        assert float(row["tokens_per_second"]) > 0 and float(row["train_seconds"]) > 0
+        metrics = json.loads((sweep_dir / "runs" / os.path.basename(row["model_dir"]) / "metrics.json").read_text())
+        assert metrics["evals"]["2"]["test"]["num_examples"] == 8
+    # The fraction and the method's mixture reached the trainer.
+    run_info = json.loads((sweep_dir / "runs" / "svamp-standard_gt-micro-frac0.125-seed1" / "run.json").read_text())
+    assert run_info["train_fraction"] == 0.125 and run_info["mixture_or_task_name"] == "svamp_label_gt"
+
+    def must_not_train(gin_files, bindings):
+        raise AssertionError("a finished run was trained again")
+    grid = sweep.make_grid(["svamp"], ["standard_gt", "step_by_step_gt"], ["micro"], [0.125, 0.25], [0, 1])
+    again = sweep.run_sweep(grid, str(sweep_dir), models={"micro": sweep.ModelSpec("micro", tiny=True)}, steps=2,
+                            run_fn=must_not_train, log=lambda line: None)
+    assert len(again.skipped) == 8 and _read_csv(again.results_csv) == rows
