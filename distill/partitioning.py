@@ -130,6 +130,8 @@ class Partitioner:
       mesh_shape: explicit (data, model) sizes instead of num_partitions.
       logical_axis_rules: rule table (default: `RULES_1D`; see `rules_2d()`).
       devices: devices to use (default: all of `jax.devices()`).
+      compiler_options: XLA options for every step compiled here, e.g.
+        {"xla_backend_optimization_level": 0} to compile faster (tests, CPU).
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class Partitioner:
         mesh_shape: Sequence[int] | None = None,
         logical_axis_rules: LogicalRules | None = None,
         devices: Sequence[jax.Device] | None = None,
+        compiler_options: Mapping[str, Any] | None = None,
     ):
         devices = list(devices) if devices is not None else jax.devices()
         count = len(devices)
@@ -157,6 +160,7 @@ class Partitioner:
             shape = (count // num_partitions, num_partitions)
         self.mesh = Mesh(_device_grid(shape, devices), MESH_AXES)
         self.logical_axis_rules = tuple(logical_axis_rules or RULES_1D)
+        self.compiler_options = dict(compiler_options or {})
 
     @property
     def data_parallel_size(self) -> int:
@@ -275,7 +279,11 @@ class Partitioner:
         `nn.with_logical_constraint` calls on activations resolve.
         """
         compiled = jax.jit(
-            fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums
+            fn,
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+            donate_argnums=donate_argnums,
+            compiler_options=self.compiler_options or None,
         )
 
         def call(*args):

@@ -16,6 +16,7 @@ import sys
 out_dir, process_id, num_processes, port, local_devices = sys.argv[1:6]
 os.environ["XLA_FLAGS"] = (
     f"--xla_force_host_platform_device_count={local_devices} --xla_backend_optimization_level=0"
+    " --xla_llvm_disable_expensive_passes=true"
 )
 if int(num_processes) > 1:
     os.environ["DISTILL_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"
@@ -44,7 +45,9 @@ def main() -> None:
     partitioner = Partitioner(num_partitions=2)
     shard = partitioner.input_shard()
     assert shard.num_shards == jax.process_count() and shard.index == jax.process_index()
-    config = tiny_config(dropout_rate=0.1, num_encoder_layers=1, num_decoder_layers=1)
+    # Dropout off: test_meshes_give_the_same_loss_and_params already shows the masks
+    # are mesh-independent, and it halves the step's compile time here (3 processes).
+    config = tiny_config(dropout_rate=0.0, num_encoder_layers=1, num_decoder_layers=1)
     trainer = Trainer(config=config, optimizer=make_optimizer("adamw", learning_rate=1e-3),
                       partitioner=partitioner)
     state = trainer.create_state()

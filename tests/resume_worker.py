@@ -15,6 +15,7 @@ import time
 
 os.environ["XLA_FLAGS"] = (
     "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+    " --xla_llvm_disable_expensive_passes=true"
 )
 
 import jax  # noqa: E402

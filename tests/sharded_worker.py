@@ -9,7 +9,7 @@ import sys
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    " --xla_backend_optimization_level=0"
+    " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 )
 
 import json  # noqa: E402
@@ -26,14 +26,14 @@ from distill.trainer import Trainer  # noqa: E402
 
 STEPS = 3
 
-# name -> (Partitioner kwargs, how the state is made). "create" runs the sharded
+# name -> (Partitioner kwargs, how the state is made). The 2x4 mesh uses T5X's 2D
+# rules (params split over both axes), 8x1 and 4x2 the default 1D rules. "create" runs the sharded
 # init (same values on every mesh); "import" places the 1-device initial params
 # (Trainer.init_from_params) and saves one init compile per mesh.
 CONFIGS = {
     "1x1": (dict(devices=jax.devices()[:1]), "create"),
     "8x1": (dict(num_partitions=1), "import"),
     "4x2": (dict(num_partitions=2), "import"),
-    "2x4": (dict(mesh_shape=(2, 4)), "import"),
     "2x4_2d": (dict(mesh_shape=(2, 4), logical_axis_rules=rules_2d()), "create"),
 }
 

@@ -54,11 +54,11 @@ def _wait_for_checkpoint(step_dir: pathlib.Path, proc) -> None:
 def test_kill_and_preemption_resume_match_uninterrupted_run(tmp_path):
     cache = tmp_path / "compile_cache"
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    reference = _start(straight, cache)
 
     # Run 1: killed with SIGKILL after step 4 (checkpoint 3 on disk, step 4 unsaved).
     run = _start(interrupted, cache, 4)
     _read_until(run, "paused at step 4")
+    reference = _start(straight, cache)  # uninterrupted; reuses run 1's compiled steps
     _wait_for_checkpoint(interrupted / "checkpoints" / "3", run)
     run.kill()
     run.wait(timeout=TIMEOUT)

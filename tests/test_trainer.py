@@ -10,7 +10,7 @@ from distill.errors import UserError
 from distill.optimizers import make_optimizer
 from distill.partitioning import Partitioner
 from distill.trainer import Trainer
-from trainer_helpers import make_batch, numpy_step_by_step_loss, tiny_config
+from trainer_helpers import FAST_COMPILE, make_batch, numpy_step_by_step_loss, tiny_config
 
 CONFIG = tiny_config(num_encoder_layers=1, num_decoder_layers=1)
 ALPHA = 0.3
@@ -18,7 +18,8 @@ ALPHA = 0.3
 
 @pytest.fixture(scope="module")
 def trainer():
-    return Trainer(config=CONFIG, optimizer=optax.sgd(1.0), partitioner=Partitioner(), alpha=ALPHA)
+    partitioner = Partitioner(compiler_options=FAST_COMPILE)
+    return Trainer(config=CONFIG, optimizer=optax.sgd(1.0), partitioner=partitioner, alpha=ALPHA)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def _logits(trainer, params, batch):
     apply = jax.jit(lambda p, b: trainer.model.apply(
         {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"],
         encoder_segment_ids=b.get("encoder_segment_ids"),
-        decoder_segment_ids=b.get("decoder_segment_ids")))
+        decoder_segment_ids=b.get("decoder_segment_ids")), compiler_options=FAST_COMPILE)
     return np.asarray(apply(params, batch))
 
 
@@ -74,12 +75,12 @@ def test_microbatched_gradients_equal_full_batch(trainer, initial_params):
                 num_microbatches=3).train_step(micro_state, make_batch(1))
 
 
-def test_bfloat16_compute_keeps_float32_params(initial_params):
+def test_bfloat16_compute_keeps_float32_params(trainer, initial_params):
     config = tiny_config(num_encoder_layers=1, num_decoder_layers=1, dtype="bfloat16")
-    trainer = Trainer(config=config, optimizer=make_optimizer("adafactor"),
-                      partitioner=Partitioner(), alpha=ALPHA)
-    state = trainer.init_from_params(initial_params)
-    state, metrics = trainer.train_step(state, make_batch(14))
+    bf16 = Trainer(config=config, optimizer=make_optimizer("adafactor"),
+                   partitioner=trainer.partitioner, alpha=ALPHA)
+    state = bf16.init_from_params(initial_params)
+    state, metrics = bf16.train_step(state, make_batch(14))
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
     assert np.isfinite(float(metrics["loss"])) and 3.0 < float(metrics["loss"]) < 6.0  # ~ln(64)
     assert int(state.step) == 1
@@ -87,7 +88,7 @@ def test_bfloat16_compute_keeps_float32_params(initial_params):
 
 def test_bad_input_is_a_user_error(trainer, initial_params):
     with pytest.raises(UserError, match="alpha"):
-        Trainer(config=CONFIG, optimizer=optax.sgd(1.0), partitioner=Partitioner(), alpha=1.5)
+        Trainer(config=CONFIG, optimizer=optax.sgd(1.0), partitioner=trainer.partitioner, alpha=1.5)
     broken = jax.tree.map(np.asarray, initial_params)
     broken["token_embedder"]["embedding"] = np.zeros((3, 3), np.float32)
     with pytest.raises(UserError, match="shape"):
