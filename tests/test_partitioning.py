@@ -8,6 +8,7 @@ import textwrap
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -62,8 +63,11 @@ def test_t5_param_and_optimizer_state_shardings():
     assert P(None, "model") in opt_specs  # unfactored stats follow their params...
     assert P() in opt_specs  # ...factored row/column stats and counts are replicated
     adam = partitioner.optimizer_state_shardings(make_optimizer("adamw"), abstract, shardings)
-    mu = adam[1][0].mu if isinstance(adam, tuple) else None
-    assert mu is not None and mu["token_embedder"]["embedding"].spec == P("model", None)
+    is_adam = lambda node: isinstance(node, optax.ScaleByAdamState)  # noqa: E731
+    (moments,) = [n for n in jax.tree.leaves(adam, is_leaf=is_adam) if is_adam(n)]
+    assert moments.mu["token_embedder"]["embedding"].spec == P("model", None)
+    assert moments.nu["token_embedder"]["embedding"].spec == P("model", None)
+    assert moments.count.spec == P()
 
 
 def test_maybe_initialize_distributed(monkeypatch):
