@@ -39,6 +39,7 @@ setuptools.setup(
         "safetensors>=0.4",
         "tensorboardX>=2.6",
         "httpx>=0.27",
+        "sniffio>=1.3",  # httpcore retries a missing sniffio import on every request
         "matplotlib>=3.8",
         # Input pipeline (not needed by the accelerator half).
         "seqio>=0.0.19",
