@@ -139,9 +139,12 @@ def test_bad_grid_arguments_are_user_errors(tmp_path, argv, message):
 def test_real_2x2x2_grid_on_svamp_then_rerun_skips_all(tmp_path, shared_data_dir, repo_root):
     """Trains in a fresh process, as `distill sweep` does (so JAX's compilation cache is in use)."""
     sweep_dir = tmp_path / "sweep"
-    env = dict(os.environ, PYTHONPATH=str(repo_root / "tests"), JAX_PLATFORMS="cpu")
+    # Micro model, two steps: XLA at -O0 compiles much faster, and speed does not matter here.
+    env = dict(os.environ, PYTHONPATH=str(repo_root / "tests"), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
     code = f"import e2e_helpers; e2e_helpers.run_micro_sweep({str(sweep_dir)!r}, {str(shared_data_dir)!r})"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(": test accuracy") == 8
     rows = _read_csv(sweep_dir / "results.csv")
