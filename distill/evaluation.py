@@ -41,7 +41,8 @@ class EvalSettings:
     max_input_length: inputs are cut to this many tokens (with EOS).
     max_decode_length: at most this many output tokens (reference: 64).
     method: "greedy" | "beam" | "sample" (distill.predict).
-    num_rationale_examples: also decode this many test rationales (0 = none).
+    num_rationale_examples: also decode this many rationales of the last split
+      (0 = none), to inspect what the student explains.
     max_examples: evaluate only the first N examples per split (None = all).
     """
 
@@ -96,7 +97,7 @@ class Evaluator:
             examples = input_pipeline.eval_examples(label_task, split, max_examples=settings.max_examples)
             self._splits[split] = _Split([e.input for e in examples], [e.target for e in examples])
         self._rationales: _Split | None = None
-        if rationale_task and settings.num_rationale_examples > 0:
+        if rationale_task and settings.splits and settings.num_rationale_examples > 0:
             examples = input_pipeline.eval_examples(rationale_task, settings.splits[-1],
                                                     max_examples=settings.num_rationale_examples)
             self._rationales = _Split([e.input for e in examples], [e.target for e in examples])

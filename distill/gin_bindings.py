@@ -129,28 +129,35 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], extra_searc
     """
     register_entry_points()
     gin.clear_config()
-    for path in search_paths(extra_search_paths):
-        if path not in gin.config._LOCATION_PREFIXES:  # gin has no public "is searched" query
-            gin.add_config_file_search_path(path)
+    # Our folders go BEFORE gin's implicit '' (the working directory): gin also
+    # tries every relative path as a Python package, which crashes on a
+    # `runs/` output folder in the working directory (`include 'runs/train.gin'`).
+    prefixes = gin.config._LOCATION_PREFIXES  # gin has no public API to order search paths
+    prefixes[:] = [*dict.fromkeys([*search_paths(extra_search_paths), *prefixes])]
     quiet = _QuietSearch()
     logging.getLogger().addFilter(quiet)
     try:
         for gin_file in gin_files:
-            _find_gin_file(gin_file, extra_search_paths)
-            _parse_one(lambda: gin.parse_config_file(gin_file, skip_unknown=skip_unknown), f"gin file {gin_file}")
+            found = _find_gin_file(gin_file, extra_search_paths)
+            _parse_one(lambda: gin.parse_config_file(found, skip_unknown=skip_unknown), f"gin file {gin_file}")
         for binding in gin_bindings:
             _parse_one(lambda: gin.parse_config(binding, skip_unknown=skip_unknown), f"gin binding {binding!r}")
     finally:
         logging.getLogger().removeFilter(quiet)
 
 
-def _find_gin_file(gin_file: str, extra_search_paths: Sequence[str]) -> None:
-    """UserError naming the searched folders when a --gin_file exists in none of them."""
+def _find_gin_file(gin_file: str, extra_search_paths: Sequence[str]) -> str:
+    """The absolute path of a --gin_file (working dir first, then the search paths).
+
+    UserError naming the searched folders when it exists in none of them.
+    """
     folders = ["", *search_paths(extra_search_paths)]
-    if not any(os.path.isfile(os.path.join(folder, gin_file)) for folder in folders):
-        shown = ", ".join(folder or "." for folder in folders)
-        raise UserError(f"gin file {gin_file} not found (searched {shown}); e.g. "
-                        "--gin_file=experiments/svamp/step_by_step_gt_tiny.gin")
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, gin_file)):
+            return os.path.abspath(os.path.join(folder, gin_file))
+    shown = ", ".join(folder or "." for folder in folders)
+    raise UserError(f"gin file {gin_file} not found (searched {shown}); e.g. "
+                    "--gin_file=experiments/svamp/step_by_step_gt_tiny.gin")
 
 
 def _parse_one(parse: Any, what: str) -> None:

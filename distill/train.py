@@ -102,7 +102,9 @@ def train(
     from distill.evaluation import EvalSettings, Evaluator, write_atomically
     from distill.metric_writer import MetricWriter
     from distill.partitioning import Partitioner
+    from distill.tasks import MIXTURES, register_tasks, task_configs
     from distill.trainer import Trainer
+    from distill.vocab import load_vocabulary
 
     # ------------------------------------------------------------ check inputs
     lengths = _check_lengths(task_feature_lengths)
@@ -117,27 +119,26 @@ def train(
     partitioner.check_batch_size(batch_size)
     shard = partitioner.input_shard()
     primary = jax.process_index() == 0
-    os.makedirs(model_dir, exist_ok=True)
     run_info = _read_run_file(model_dir)
     if run_info:
-        _check_same_shapes(model_config, run_info.get("model_config", {}), f"{model_dir} holds a run whose")
+        _check_same_shapes(model_config, run_info.get("model_config", {}), f"{model_dir} holds a run with")
     initial = _inspect_initial_checkpoint(initial_checkpoint_path, model_config)
 
     # -------------------------------------------------------- vocab and tasks
+    names = [f"{dataset}_{c.suffix}" for c in (*task_configs(), *MIXTURES)]
+    if mixture_or_task_name not in names:
+        raise UserError(f"unknown task or mixture {mixture_or_task_name!r} for dataset {dataset!r}; "
+                        f"use one of {', '.join(names)}")
+    os.makedirs(model_dir, exist_ok=True)
     vocab_path = _resolve_vocabulary(vocabulary_path, initial, model_dir, run_info, dataset, data_dir,
                                      vocabulary_size or model_config.vocab_size, primary)
-    from distill.tasks import register_tasks
-    from distill.vocab import load_vocabulary
-
     vocabulary = load_vocabulary(vocab_path)
     if vocabulary.vocab_size > model_config.vocab_size:
         raise UserError(f"vocabulary {vocab_path} has {vocabulary.vocab_size} pieces but T5Config.vocab_size is "
-                        f"{model_config.vocab_size}: set --gin.T5Config.vocab_size={_round_up(vocabulary.vocab_size)}")
+                        f"{model_config.vocab_size}: set --gin.VOCAB_SIZE={_round_up(vocabulary.vocab_size)} (or "
+                        "T5Config.vocab_size) or use a smaller vocabulary")
     names = register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocabulary, train_fraction=train_fraction,
                            tfds_dir=tfds_dir)
-    if mixture_or_task_name not in names:
-        raise UserError(f"unknown task or mixture {mixture_or_task_name!r} for dataset {dataset!r}; "
-                        f"registered: {', '.join(names)}")
     label_task, rationale_task = _eval_tasks(mixture_or_task_name, names)
 
     # ------------------------------------------------------- model and state
@@ -287,7 +288,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
 def _check_same_shapes(config: Any, other: Mapping[str, Any], what: str) -> None:
     for field in SHAPE_FIELDS:
         if field in other and other[field] != getattr(config, field):
-            raise UserError(f"{what} {field} is {other[field]!r} but this config has {getattr(config, field)!r}: "
+            raise UserError(f"{what} {field}={other[field]!r} but this config has {field}={getattr(config, field)!r}: "
                             "use the same model gin file or a new MODEL_DIR")
 
 

@@ -37,6 +37,7 @@ MICRO_FLAGS = (
     "--gin.train.eval_max_examples=4",
     "--gin.train.max_decode_length=4",
     "--gin.train.num_rationale_examples=0",
+    "--gin.train.async_checkpointing=False",
     "--gin.train.log_period=2",
     "--gin.EVAL_PERIOD=0",
 )

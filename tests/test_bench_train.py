@@ -1,0 +1,83 @@
+"""The training benchmark's synthetic mode (no TensorFlow), the FLOP count and the progress line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import runs_helpers as h
+from distill import flops
+from distill.metric_writer import progress_line
+
+
+def test_synthetic_benchmark_runs_without_tensorflow(tmp_path):
+    code = ("import runpy, sys\n"
+            "sys.argv = ['bench_train.py', '--synthetic', '--model', 'micro', '--batch-size', '2',"
+            " '--steps', '2', '--warmup', '1', '--peak-flops', '1e12']\n"
+            "try:\n    runpy.run_path('scripts/bench_train.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('TF_IMPORTED', any(m.startswith(('tensorflow', 'seqio')) for m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=h.REPO_ROOT, capture_output=True, text=True,
+                            env={**h.subprocess_env(tmp_path)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("bench ["))
+    assert "synthetic step_by_step, model micro" in line and "batch 2 x (inputs 512, targets 128)" in line
+    assert "non-padding tokens/s" in line and "peak RSS" in line and "MFU " in line and "MFU n/a" not in line
+    assert "TF_IMPORTED False" in result.stdout
+
+
+def test_synthetic_batches_are_packed_step_by_step_rows():
+    sys.path.insert(0, str(h.REPO_ROOT / "scripts"))
+    import bench_train
+
+    batch = next(bench_train.synthetic_batches(batch_size=4, input_length=512, target_length=128, vocab_size=100,
+                                               method="step_by_step"))
+    weights, tasks, segments = batch["decoder_loss_weights"], batch["decoder_task_ids"], batch["decoder_segment_ids"]
+    assert set(np.unique(tasks[weights == 1])) == {0, 1}  # both tasks present
+    assert (segments.max(axis=1) >= 2).all()  # several examples per row
+    assert ((batch["encoder_input_tokens"] != 0) == (batch["encoder_segment_ids"] != 0)).all()
+    for row in range(4):  # decoder inputs are the targets shifted right within each segment
+        for seg in range(1, segments[row].max() + 1):
+            idx = np.flatnonzero(segments[row] == seg)
+            assert batch["decoder_input_tokens"][row, idx[0]] == 0
+            np.testing.assert_array_equal(batch["decoder_input_tokens"][row, idx[1:]],
+                                          batch["decoder_target_tokens"][row, idx[:-1]])
+    labels_only = next(bench_train.synthetic_batches(batch_size=2, input_length=512, target_length=128,
+                                                     vocab_size=100, method="standard"))
+    assert not labels_only["decoder_task_ids"].any()
+
+
+def test_param_counts_match_the_model():
+    import flax.linen as nn
+    import jax
+
+    from distill.models.t5 import abstract_params
+
+    for gated in (True, False):
+        config = h.micro_config(feed_forward_proj="gated-gelu" if gated else "relu")
+        leaves = jax.tree_util.tree_leaves_with_path(nn.unbox(abstract_params(config))["params"])
+        matmul = {jax.tree_util.keystr(p): int(np.prod(l.shape)) for p, l in leaves
+                  if l.ndim == 2 and "embedding" not in jax.tree_util.keystr(p)}
+        counts = flops.param_counts(config)
+        assert counts.encoder == sum(v for k, v in matmul.items() if k.startswith("['encoder']"))
+        assert counts.decoder == sum(v for k, v in matmul.items() if k.startswith("['decoder']"))
+        assert counts.lm_head == matmul["['decoder']['logits_dense']"]
+
+
+def test_train_flops_formula():
+    config = h.micro_config()
+    counts = flops.param_counts(config)
+    got = flops.train_flops(config, input_tokens=100, target_tokens=10, input_length=128, target_length=64)
+    inner = config.num_heads * config.d_kv
+    attention = 12 * inner * (128 * 100 + (64 + 128) * 10)  # one layer each side
+    assert got == pytest.approx(6 * (counts.encoder * 100 + counts.decoder * 10) + attention)
+    assert flops.mfu(got, 2.0, None) is None and flops.mfu(got, 2.0, 4 * got) == pytest.approx(0.5)
+
+
+def test_progress_line():
+    line = progress_line(40, 60, {"loss": 3.21, "label_loss": 1.2, "rationale_loss": 4.3, "learning_rate": 1e-3},
+                         {"steps_per_sec": 2.0, "tokens_per_sec": 4120.0, "mfu": 0.123}, 10.0)
+    assert line == ("step 40/60 | loss 3.2100 (label 1.200, rationale 4.300) | lr 1.00e-03 | 2.00 steps/s | "
+                    "4,120 tok/s | MFU 12.3% | ETA 0:00:10")

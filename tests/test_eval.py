@@ -1,0 +1,84 @@
+"""`distill eval` / `distill infer` on a trained model dir, and the metrics.json bookkeeping."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import runs_helpers as h
+from distill.cli import main as cli
+from distill.errors import UserError
+from distill.evaluation import read_metrics_file, update_metrics_file
+from distill.optimizers import make_optimizer
+
+
+def test_eval_and_infer_on_a_trained_dir(shared_data_dir, tmp_path, capsys):
+    from distill.train import train
+
+    model_dir = tmp_path / "run"
+    train(model_dir=str(model_dir), dataset="svamp", mixture_or_task_name="svamp_step_by_step_llm",
+          task_feature_lengths={"inputs": 128, "targets": 64}, train_steps=2, batch_size=4,
+          model_config=h.micro_config(dropout_rate=0.0), optimizer=make_optimizer("adamw", 1e-3),
+          data_dir=str(shared_data_dir), train_fraction=0.125, eval_splits=(), async_checkpointing=False,
+          vocabulary_path=h.train_vocabulary(shared_data_dir, tmp_path))
+    assert not (model_dir / "metrics.json").exists()
+    capsys.readouterr()
+
+    fast = ["--gin.MAX_EXAMPLES=3", "--gin.MAX_DECODE_LENGTH=4"]
+    assert cli(["eval", "--checkpoint", str(model_dir), *fast]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"validation", "test"} and printed["test"]["num_examples"] == 3
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["task"] == "svamp_label_llm" and metrics["latest_step"] == 2  # evaluated on gold labels
+    assert metrics["test_accuracy"] == printed["test"]["accuracy"]
+    lines = (model_dir / "predictions" / "test_step2.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["input"].startswith("[label] ")
+
+    out_dir = tmp_path / "elsewhere"
+    args = ["eval", "--checkpoint", str(model_dir / "checkpoints" / "2"), "--gin.SPLITS=('test',)",
+            f"--gin.OUTPUT_DIR='{out_dir}'", *fast]
+    assert cli(args) == 0
+    assert set(json.loads((out_dir / "metrics.json").read_text())["evals"]["2"]) == {"test"}
+    # The same checkpoint and settings decode the same predictions.
+    assert (out_dir / "predictions" / "test_step2.jsonl").read_text() == "\n".join(lines) + "\n"
+
+    assert cli(["infer", "--checkpoint", str(model_dir), "--gin.TASK='rationale'", *fast]) == 0
+    path = model_dir / "predictions" / "infer_rationale_test_step2.jsonl"
+    assert f"wrote {path}" in capsys.readouterr().out
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 3 and records[0]["input"].startswith("[rationale] ") and records[0]["target"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--checkpoint", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
+    (["eval"], "required gin macro(s) not set: CHECKPOINT_PATH"),
+    (["infer", "--checkpoint", "{tmp}"], "holds no finished checkpoint"),
+    (["infer", "--checkpoint", "/x", "--gin.TASK='summary'"], "TASK='summary' must be one of label, rationale"),
+])
+def test_bad_checkpoint_is_one_line(tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_metrics_file_keeps_every_step_and_summarizes_the_latest(tmp_path):
+    update_metrics_file(str(tmp_path), step=10, results={"test": {"accuracy": 0.25}, "validation": {"accuracy": 0.5}},
+                        dataset="svamp", task="svamp_label_gt")
+    data = update_metrics_file(str(tmp_path), step=20, results={"test": {"accuracy": 0.75}}, dataset="svamp",
+                               task="svamp_label_gt")
+    assert data["latest_step"] == 20 and data["test_accuracy"] == 0.75
+    assert list(data["evals"]) == ["10", "20"] and data["evals"]["10"]["validation"]["accuracy"] == 0.5
+    update_metrics_file(str(tmp_path), step=5, results={"test": {"accuracy": 0.0}}, dataset="svamp",
+                        task="svamp_label_gt")  # an older step (re-evaluation) does not move the summary
+    data = read_metrics_file(str(tmp_path))
+    assert data["test_accuracy"] == 0.75 and list(data["evals"]) == ["5", "10", "20"]
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json"]  # no temp files left behind
+
+
+def test_corrupt_metrics_file_is_reported_not_overwritten(tmp_path):
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(UserError, match="metrics.json is not readable JSON"):
+        update_metrics_file(str(tmp_path), step=1, results={}, dataset="svamp", task="t")
+    assert (tmp_path / "metrics.json").read_text() == "{not json"
