@@ -200,14 +200,23 @@ def _gather_beams(x: jax.Array, indices: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, indices, axis=1)
 
 
-def _gather_state(state: PyTree, parents: jax.Array, batch_size: int, num_beams: int) -> PyTree:
-    """Reorder the flat [b * beams, ...] model state so row (i, j) continues beam parents[i, j]."""
-    def gather(leaf):
-        if leaf.ndim == 0:
+KeyPath = tuple  # a jax.tree_util key path, e.g. (DictKey("cache"), DictKey("decoder"), ...)
+
+
+def _gather_state(state: PyTree, parents: jax.Array, batch_size: int, num_beams: int,
+                  beam_invariant: Callable[[KeyPath], bool] | None) -> PyTree:
+    """Reorder the flat [b * beams, ...] model state so row (i, j) continues beam parents[i, j].
+
+    Leaves that `beam_invariant` marks hold the same values for every beam of
+    a row (encoder outputs, cross-attention keys/values): reordering them is a
+    no-op, so they are skipped, which saves copying the largest leaves each step.
+    """
+    def gather(path, leaf):
+        if leaf.ndim == 0 or (beam_invariant is not None and beam_invariant(path)):
             return leaf
         beams = leaf.reshape((batch_size, num_beams) + leaf.shape[1:])
         return _gather_beams(beams, parents).reshape(leaf.shape)
-    return jax.tree_util.tree_map(gather, state)
+    return jax.tree_util.tree_map_with_path(gather, state)
 
 
 def beam_search(
@@ -221,6 +230,7 @@ def beam_search(
     eos_id: int = 1,
     start_id: int = 0,
     pad_id: int = 0,
+    beam_invariant: Callable[[KeyPath], bool] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search; returns (tokens [b, num_beams, L], scores [b, num_beams]), best first.
 
@@ -234,6 +244,11 @@ def beam_search(
     log-prob / current_length ** length_penalty; the loop ends when no row
     can improve. Tokens after EOS are `pad_id`. `length_penalty` may be a
     traced scalar (one compiled search serves every value).
+
+    `beam_invariant(key_path) -> bool` (optional) names state leaves that stay
+    equal across the beams of a row (encoder outputs, cross-attention cache);
+    they are not reordered between steps. Marking a leaf that does differ
+    between beams gives wrong results.
     """
     if num_beams < 1 or max_decode_length < 1:
         raise ValueError(f"need num_beams >= 1 and max_decode_length >= 1, got {num_beams}, {max_decode_length}")
@@ -264,7 +279,7 @@ def beam_search(
         running_scores, keep = jax.lax.top_k(top_scores + ends * _LARGE_NEGATIVE, k)
         running_seqs = _gather_beams(top_seqs, keep)
         running_tokens = jnp.take_along_axis(top_tokens, keep, axis=1)
-        model_state = _gather_state(model_state, jnp.take_along_axis(parents, keep, axis=1), b, k)
+        model_state = _gather_state(model_state, jnp.take_along_axis(parents, keep, axis=1), b, k, beam_invariant)
 
         # Finished hypotheses: merge the newly ended (among the top k) with the old ones.
         just_finished = ends & is_top_k[None, :]

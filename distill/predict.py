@@ -94,6 +94,16 @@ def make_tokens_to_logits(
     return tokens_to_logits, state
 
 
+def beam_invariant(path: tuple) -> bool:
+    """State leaves equal across the beams of a row: inputs, encoder outputs, cross-attention cache.
+
+    (The cross-attention keys/values are projected from the encoder outputs,
+    which every beam of a row shares.) beam_search skips reordering them.
+    """
+    names = {getattr(key, "key", None) for key in path}
+    return bool(names & {"encoded", "encoder_input_tokens", "encoder_decoder_attention"})
+
+
 @dataclasses.dataclass(frozen=True)
 class _Settings:
     """Everything that changes the compiled decode program (besides shapes and the config).
@@ -125,7 +135,7 @@ def _compiled_decoder(config: T5Config, settings: _Settings):
         if s.method == "beam":
             tokens, _ = decoding.beam_search(step, state, num_beams=s.num_beams, length_penalty=length_penalty,
                                              pad_id=config.pad_token_id, start_id=config.decoder_start_token_id,
-                                             **common)
+                                             beam_invariant=beam_invariant, **common)
             return tokens[:, 0]
         ids = dict(pad_id=config.pad_token_id, start_id=config.decoder_start_token_id)
         if s.method == "sample":
@@ -233,9 +243,12 @@ def decode_texts(
         batch[len(chunk):, 0] = eos  # filler rows: an empty input
         for row, i in enumerate(chunk):
             batch[row, :len(encoded[i])] = encoded[i]
+        options = dict(sampling)
+        if options.get("rng") is not None:  # a fresh stream per batch, still fixed by the caller's key
+            options["rng"] = jax.random.fold_in(options["rng"], start)
         tokens = np.asarray(predict_batch(config, params, batch, method=method, num_beams=num_beams,
                                           max_decode_length=max_decode_length, length_penalty=length_penalty,
-                                          **sampling))
+                                          **options))
         for row, i in enumerate(chunk):
             predictions[i] = _detokenize(vocabulary, tokens[row].tolist(), eos_id=eos)
     return predictions

@@ -54,16 +54,24 @@ LENGTH_MATTERS = _table({0: {2: 0.6, 3: 0.4}, 2: {EOS: 0.9, 4: 0.1}, 3: {4: 0.95
 NEVER_ENDS = _table({0: {2: 1.0}, 2: {3: 1.0}, 3: {4: 1.0}, 4: {5: 1.0}, 5: {2: 1.0}})
 
 
+# Compiled decoders are cached per (table, shapes) so tests that differ only in data or
+# length penalty (a traced argument) share one compilation.
+@functools.lru_cache(maxsize=None)
+def _compiled(kind, table_bytes, batch, length, num_beams=0):
+    step = _markov(np.frombuffer(table_bytes, np.float32).reshape(VOCAB, VOCAB))
+    if kind == "greedy":
+        return jax.jit(lambda state: decoding.greedy_decode(step, state, batch_size=batch, max_decode_length=length))
+    return jax.jit(lambda state, penalty: decoding.beam_search(
+        step, state, batch_size=batch, num_beams=num_beams, max_decode_length=length, length_penalty=penalty))
+
+
 def _greedy(table, state, length):
-    fn = jax.jit(functools.partial(decoding.greedy_decode, _markov(table),
-                                   batch_size=state["bias"].shape[0], max_decode_length=length))
-    return np.asarray(fn(state))
+    return np.asarray(_compiled("greedy", table.tobytes(), state["bias"].shape[0], length)(state))
 
 
 def _beams(table, state, length, num_beams=4, length_penalty=1.0):
-    fn = jax.jit(functools.partial(decoding.beam_search, _markov(table), batch_size=state["bias"].shape[0],
-                                   num_beams=num_beams, max_decode_length=length, length_penalty=length_penalty))
-    tokens, scores = fn(state)
+    fn = _compiled("beam", table.tobytes(), state["bias"].shape[0], length, num_beams)
+    tokens, scores = fn(state, jnp.float32(length_penalty))
     return np.asarray(tokens), np.asarray(scores)
 
 
@@ -141,13 +149,18 @@ def test_top_p_filter_always_keeps_the_most_likely_token():
 FOUR_WAY = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
 
 
-def _sample(rng, batch=4000, **kwargs):
+@functools.lru_cache(maxsize=None)
+def _sampler(settings: tuple):
     def tokens_to_logits(tokens, state):
         return jnp.broadcast_to(FOUR_WAY, (tokens.shape[0], 4)), state
 
-    fn = jax.jit(lambda r: decoding.sample_decode(tokens_to_logits, {}, batch_size=batch, max_decode_length=1,
-                                                  rng=r, **kwargs))
-    return np.asarray(fn(rng))[:, 0]
+    return jax.jit(lambda r: decoding.sample_decode(tokens_to_logits, {}, batch_size=4000, max_decode_length=1,
+                                                    rng=r, **dict(settings)))
+
+
+def _sample(rng, **kwargs):
+    """4000 one-token draws from FOUR_WAY with the given filters."""
+    return np.asarray(_sampler(tuple(sorted(kwargs.items())))(rng))[:, 0]
 
 
 def test_sampling_matches_the_distribution_and_is_deterministic_per_rng():
