@@ -306,14 +306,14 @@ def _parse_checkpoints(items: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="distill sweep", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="distill sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="sweep folder: runs/<name>/ model dirs and results.csv")
-    parser.add_argument("--datasets", nargs="+", default=["svamp"], help="svamp cqa esnli anli1")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--models", nargs="+", default=["tiny"], help="tiny (from scratch) or small..xxl")
-    parser.add_argument("--fractions", nargs="+", type=float, default=[0.125, 0.25, 0.5, 1.0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--datasets", nargs="+", default=["svamp"], help="svamp cqa esnli anli1 (default: svamp)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"default: {' '.join(METHODS)}")
+    parser.add_argument("--models", nargs="+", default=["tiny"], help="tiny (from scratch, default) or small..xxl")
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.125, 0.25, 0.5, 1.0],
+                        help="training-data fractions (default: 0.125 0.25 0.5 1.0)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="default: 0")
     parser.add_argument("--steps", type=int, default=None, help="TRAIN_STEPS for every run (default: the gin file's)")
     parser.add_argument("--data-dir", default=None, help="data root (default: $DISTILL_DATA_DIR)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="SIZE=PATH",
