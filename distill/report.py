@@ -209,6 +209,10 @@ def plot_fraction_curves(summaries: Sequence[Summary], out_dir: str,
             if dataset in teacher:
                 axis.axhline(100 * teacher[dataset], linestyle="--", color="gray", label="Teacher (few-shot CoT)")
                 series[title].append("Teacher (few-shot CoT)")
+            fractions = sorted({100 * s.train_fraction for s in rows if s.model == model})
+            axis.set_xscale("log", base=2)  # The paper's fractions double: 12.5, 25, 50, 100.
+            axis.set_xticks(fractions, [f"{f:g}" for f in fractions])
+            axis.minorticks_off()
             axis.set(title=title, xlabel="training data (%)", ylabel="test accuracy (%)")
             axis.grid(alpha=0.3)
             axis.legend(fontsize="small")
