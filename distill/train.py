@@ -107,6 +107,8 @@ def train(
     from distill.vocab import load_vocabulary
 
     # ------------------------------------------------------------ check inputs
+    if "://" not in model_dir:
+        model_dir = os.path.abspath(model_dir)  # orbax needs absolute paths
     lengths = _check_lengths(task_feature_lengths)
     for name, value in (("train_steps", train_steps), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:

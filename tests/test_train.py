@@ -94,8 +94,8 @@ def test_kill_resume_and_sharding_match_uninterrupted(shared_data_dir, tmp_path)
     env = h.subprocess_env(shared_data_dir, cache_dir=tmp_path / "jax_cache")
     steps = ["--gin.CHECKPOINT_PERIOD=2", "--gin.train.eval_splits=()"]  # dropout on, no evaluation
 
-    baseline = tmp_path / "baseline"
-    result = h.run(h.train_command(baseline, vocab, 6, *steps), env)
+    baseline = tmp_path / "baseline"  # relative MODEL_DIR, launched outside the repo
+    result = h.run(h.train_command(baseline.relative_to(tmp_path), vocab, 6, *steps), env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 6
 
