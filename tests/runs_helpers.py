@@ -74,7 +74,7 @@ def train_command(model_dir: pathlib.Path, vocab: str, steps: int, *extra: str) 
             *MICRO_FLAGS, *extra]
 
 
-def run(command: Sequence[str], env: dict, timeout: float = 240, cwd: pathlib.Path = REPO_ROOT
+def run(command: Sequence[str], env: dict, timeout: float = 900, cwd: pathlib.Path = REPO_ROOT
         ) -> subprocess.CompletedProcess:
     return subprocess.run(list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
