@@ -102,7 +102,7 @@ def test_kill_resume_and_sharding_match_uninterrupted(shared_data_dir, tmp_path)
     killed = tmp_path / "killed"
     process = subprocess.Popen(h.train_command(killed, vocab, 6, *steps), cwd=h.REPO_ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900
     while (h.latest_step(killed) or 0) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
