@@ -293,32 +293,13 @@ def load_for_prediction(checkpoint: str) -> tuple[T5Config, Any, Vocabulary]:
 
 
 def _load_training_run(path: Path) -> tuple[T5Config, Any, Vocabulary]:
-    from distill import checkpointing
-    from distill.models.t5 import abstract_params
-    from distill.partitioning import Partitioner
+    """A training model dir or step checkpoint, with the run's SentencePiece vocabulary."""
+    from distill.models.export import load_training_checkpoint
 
-    if checkpointing.is_complete_step_dir(path):
-        model_dir = path.parent.parent
-    else:
-        model_dir = path.parent if path.name == "checkpoints" else path
-    run_file = model_dir / "run.json"
-    if not run_file.is_file():
-        raise UserError(f"{path} is neither a Hugging Face T5 directory (no config.json) nor a training model "
-                        f"dir (no {run_file}); pass one of those, or a <model_dir>/checkpoints/<step> folder")
-    try:
-        run_info = json.loads(run_file.read_text(encoding="utf-8"))
-        config = T5Config(**run_info["model_config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise UserError(f"{run_file} is not a readable run file ({err}); was it written by `distill train`?") from None
-    candidates = [Path(run_info["vocabulary_path"])] if run_info.get("vocabulary_path") else []
-    candidates.append(model_dir / "vocab" / "spm.model")
-    tokenizer = next((c for c in candidates if c.is_file()), None)
+    config, params, tokenizer = load_training_checkpoint(path)
     if tokenizer is None:
-        raise UserError(f"no vocabulary for {model_dir}: looked for {', '.join(map(str, candidates))}; "
-                        "copy the run's SentencePiece model to the last of those")
-    boxed = abstract_params(config)
-    params = checkpointing.restore_params(str(path), nn.unbox(boxed)["params"],
-                                          Partitioner().shardings_for(boxed)["params"])
+        raise UserError(f"no vocabulary for {path}: run.json names none and there is no vocab/spm.model "
+                        "in the model dir; copy the run's SentencePiece model to <model_dir>/vocab/spm.model")
     return config, params, _sentencepiece(tokenizer)
 
 
