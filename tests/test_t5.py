@@ -12,7 +12,7 @@ import pytest
 from flax import linen as nn
 
 from distill.errors import UserError
-from distill.models.layers import relative_position_buckets
+from distill.models.layers import Dropout, add_position_bias, relative_position_buckets
 from distill.models.t5 import T5, T5Config, abstract_params, init_cache, init_params
 from model_helpers import VARIANTS, padded_batch, save_hf_t5
 
@@ -209,6 +209,35 @@ def test_dropout_uses_the_dropout_rng_only_when_enabled():
     np.testing.assert_array_equal(run(1), run(1))
     assert not np.allclose(run(1), run(2))
     np.testing.assert_array_equal(forward(config)(*args), forward(config)(*args, rng(1)))
+
+
+@pytest.mark.parametrize("rate, width", [(0.1, 64), (0.5, 33)])
+def test_dropout_keeps_one_minus_rate_and_stays_unbiased(rate, width):
+    x = jnp.ones((64, 128, width), jnp.float32)
+    out = Dropout(rate).apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+    kept = np.asarray(out) != 0
+    assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / kept.size)
+    # Kept values carry the exact inverse of the quantized keep probability.
+    keep_probability = round((1 - rate) * 65536) / 65536
+    np.testing.assert_allclose(np.asarray(out)[kept], 1 / keep_probability, rtol=1e-6)
+    # Neighbouring elements (two halves of one random word) are not correlated.
+    pairs = kept.reshape(-1)[: kept.size // 2 * 2].reshape(-1, 2)
+    assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 0.02
+    assert Dropout(rate).apply({}, x, deterministic=True) is x
+
+
+def test_position_bias_gradient_equals_broadcast_add_gradient():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 5, 7))
+    bias = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 5, 7))
+    weights = jax.random.normal(jax.random.PRNGKey(2), logits.shape)
+
+    def loss(add, logits, bias):
+        return jnp.sum(jnp.tanh(add(logits, bias)) * weights)
+
+    want = jax.grad(functools.partial(loss, jnp.add), argnums=(0, 1))(logits, bias)
+    got = jax.grad(functools.partial(loss, add_position_bias), argnums=(0, 1))(logits, bias)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from distill.errors import UserError
-from distill.models.layers import MLP, Attention, Embed, RelativePositionBias, RMSNorm, constrain
+from distill.models.layers import MLP, Attention, Dropout, Embed, RelativePositionBias, RMSNorm, constrain, dense
 
 # feed_forward_proj -> (activation, gated); names follow Hugging Face's T5Config.
 FEED_FORWARD_PROJ = {
@@ -149,7 +149,7 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
         """[b, l, embed] -> [b, l, embed]; pre-norm residual self-attention then MLP."""
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = Dropout(cfg.dropout_rate)
         y = _norm(cfg, "pre_attention_layer_norm")(x)
         y = _attention(cfg, "attention")(y, y, bias, mask, deterministic=deterministic)
         x = x + dropout(y, deterministic=deterministic)
@@ -176,7 +176,7 @@ class DecoderLayer(nn.Module):
     ) -> jax.Array:
         """[b, lt, embed] with encoded [b, li, embed] -> [b, lt, embed]."""
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = Dropout(cfg.dropout_rate)
         y = _norm(cfg, "pre_self_attention_layer_norm")(x)
         y = _attention(cfg, "self_attention")(
             y, y, self_bias, self_mask, deterministic=deterministic, decode=decode, decode_position=decode_position
@@ -212,7 +212,7 @@ class Encoder(nn.Module):
     def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None, deterministic: bool) -> jax.Array:
         """tokens [b, li] -> encoded [b, li, embed]."""
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = Dropout(cfg.dropout_rate)
         x = dropout(self.embedder(tokens), deterministic=deterministic)
         x = constrain(x, "batch", "length", "embed")
         length = tokens.shape[1]
@@ -245,7 +245,7 @@ class Decoder(nn.Module):
     ) -> jax.Array:
         """decoder_tokens [b, lt] -> logits [b, lt, vocab] float32."""
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = Dropout(cfg.dropout_rate)
         relpos = _relpos(cfg, bidirectional=False)
         length = decoder_tokens.shape[1]
 
@@ -293,9 +293,7 @@ class Decoder(nn.Module):
                 (cfg.d_model, cfg.vocab_size),
                 cfg.weight_dtype,
             )
-            logits = jnp.einsum(
-                "ble,ev->blv", x, kernel.astype(cfg.compute_dtype), preferred_element_type=jnp.float32
-            )
+            logits = dense(x, kernel.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
         return constrain(logits.astype(jnp.float32), "batch", "length", "vocab")
 
 
