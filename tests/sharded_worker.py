@@ -52,7 +52,9 @@ def main(out_dir: str) -> None:
     for name, (kwargs, init) in CONFIGS.items():
         partitioner = Partitioner(**kwargs)
         trainer = Trainer(
-            config=config, optimizer=make_optimizer("adamw", learning_rate=1e-3),
+            # eps 1e-5, not 1e-8: Adam's first steps turn a ~1e-9 gradient (float noise that
+            # differs with each mesh's reduction order) into a full +-lr update.
+            config=config, optimizer=make_optimizer("adamw", learning_rate=1e-3, eps=1e-5),
             partitioner=partitioner, alpha=0.4,
         )
         if init == "create":
