@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from distill.atomic import write_atomically
 from distill.errors import UserError
 
 METRICS_FILE = "metrics.json"
@@ -183,18 +183,3 @@ def update_metrics_file(output_dir: str, *, step: int, results: dict[str, dict[s
     data["evals"] = {k: evals[k] for k in sorted(evals, key=int)}
     write_atomically(os.path.join(output_dir, METRICS_FILE), json.dumps(data, indent=2, sort_keys=False) + "\n")
     return data
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Writes `text` to path via a temp file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -39,7 +39,7 @@ def infer_checkpoint(
     """
     from distill import input_pipeline
     from distill.eval import load_run
-    from distill.evaluation import write_atomically
+    from distill.atomic import write_atomically
     from distill.predict import decode_texts
 
     if task not in TASKS:

@@ -25,6 +25,7 @@ import sys
 import time
 
 from distill import sweep
+from distill.atomic import write_atomically
 from distill.data import download
 from distill.errors import UserError
 
@@ -106,10 +107,7 @@ def run_quickstart(*, data_dir: str | None, out_dir: str, steps: int,
     text = (f"# distill quickstart: SVAMP, T5 v1.1 tiny from scratch, {steps} steps\n\n{table}\n\n"
             f"Test split: 200 examples; accuracy = equation value match. Total wall time "
             f"{time.time() - start:.0f} s.\n\n{HONESTY_NOTE}\n")
-    tmp = os.path.join(out_dir, "results.md.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, os.path.join(out_dir, "results.md"))
+    write_atomically(os.path.join(out_dir, "results.md"), text)
     return text
 
 

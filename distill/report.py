@@ -30,6 +30,7 @@ import statistics
 import sys
 from typing import Iterable, Sequence
 
+from distill.atomic import write_atomically
 from distill.errors import UserError
 
 RESULT_COLUMNS = (
@@ -275,10 +276,7 @@ def write_report(results_csv: str, out_dir: str, *, data_dir: str | None = None)
                 teacher[dataset] = accuracy
     os.makedirs(out_dir, exist_ok=True)
     table_path = os.path.join(out_dir, "results.md")
-    tmp = table_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(markdown_table(summaries, teacher))
-    os.replace(tmp, table_path)
+    write_atomically(table_path, markdown_table(summaries, teacher))
     plots = plot_fraction_curves(summaries, out_dir, teacher)
     plots.update(plot_model_sizes(summaries, out_dir, teacher))
     return [table_path, *plots]

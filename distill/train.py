@@ -99,7 +99,8 @@ def train(
     import jax
 
     from distill import checkpointing, flops, input_pipeline
-    from distill.evaluation import EvalSettings, Evaluator, write_atomically
+    from distill.atomic import write_atomically
+    from distill.evaluation import EvalSettings, Evaluator
     from distill.metric_writer import MetricWriter
     from distill.partitioning import Partitioner
     from distill.tasks import MIXTURES, register_tasks, task_configs

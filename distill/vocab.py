@@ -23,10 +23,10 @@ import argparse
 import io
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from distill.atomic import write_atomically
 from distill.errors import UserError
 
 if TYPE_CHECKING:
@@ -105,17 +105,7 @@ def _write_atomically(data: bytes, out_path: str) -> None:
             f.write(data)
         tf.io.gfile.rename(tmp_path, out_path, overwrite=True)
         return
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix=".vocab-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_path, out_path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+    write_atomically(out_path, data)
 
 
 def train_vocabulary(texts: Iterable[str], *, size: int, out_path: str,
