@@ -81,3 +81,25 @@ def test_progress_line():
                          {"steps_per_sec": 2.0, "tokens_per_sec": 4120.0, "mfu": 0.123}, 10.0)
     assert line == ("step 40/60 | loss 3.2100 (label 1.200, rationale 4.300) | lr 1.00e-03 | 2.00 steps/s | "
                     "4,120 tok/s | MFU 12.3% | ETA 0:00:10")
+
+
+def test_pytorch_reference_recipe_trains_both_methods(shared_data_dir):
+    """scripts/bench_train_hf.py: the baseline bench_train's same-machine ratios come from."""
+    for method, sequences in (("standard", 1), ("step_by_step", 2)):
+        result = subprocess.run(
+            [sys.executable, "scripts/bench_train_hf.py", "--micro", "--method", method, "--batch-size", "4",
+             "--steps", "2", "--warmup", "1", "--data-dir", str(shared_data_dir)],
+            cwd=h.REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        line = next(line for line in result.stdout.splitlines() if line.startswith("bench-hf ["))
+        assert f"[{method}, torch" in line and "batch 4:" in line and "peak RSS" in line
+        tokens_per_step = int(line.split("(")[1].split("/step")[0].replace(",", ""))
+        # Each example trains on `sequences` (input, target) pairs of SVAMP text: tens of tokens each.
+        assert 4 * sequences * 20 < tokens_per_step < 4 * sequences * 400
+        assert np.isfinite(float(line.rsplit("loss ", 1)[1]))
+
+
+def test_pytorch_reference_recipe_rejects_a_missing_data_dir(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/bench_train_hf.py", "--data-dir", str(tmp_path / "nope")],
+                            cwd=h.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: data dir")
