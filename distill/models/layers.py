@@ -219,7 +219,7 @@ class Attention(nn.Module):
         decode_position: jax.Array | None = None,
         cross: bool = False,
     ) -> jax.Array:
-        """inputs_q [b, lq, embed], inputs_kv [b, lk, embed], bias [1|b, heads, lq, lk] float32,
+        """inputs_q [b, lq, embed], inputs_kv [b, lk, embed], bias [1, heads, lq, lk] float32,
         mask [b, 1, lq, lk] bool (True = may attend). Returns [b, lq, embed]."""
         d_model = inputs_q.shape[-1]
         inner = self.num_heads * self.d_kv
@@ -241,7 +241,7 @@ class Attention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         logits = logits.astype(jnp.float32)
         if bias is not None:
-            logits = add_position_bias(logits, bias) if bias.shape[0] == 1 else logits + bias
+            logits = add_position_bias(logits, bias)
         if mask is not None:
             logits = jnp.where(mask, logits, MASK_BIAS)
         weights = jax.nn.softmax(logits, axis=-1)
