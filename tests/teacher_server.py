@@ -94,6 +94,25 @@ def answer_for(prompt, sample: int = 0) -> str:
     return text
 
 
+def completion_body(request: dict, *, chat: bool, answer: Callable[[object, int], str] = answer_for,
+                    usage: tuple[int, int] | None = None) -> dict:
+    """The (chat) completion response to a request body, as an OpenAI-compatible server sends it.
+
+    Usage counts words (prompt JSON, answers) unless `usage` fixes (prompt, completion) tokens per request.
+    """
+    prompt = request["messages"] if chat else request["prompt"]
+    n = int(request.get("n", 1))
+    sampled = float(request.get("temperature", 0.0)) > 0
+    texts = [answer(prompt, i if sampled else 0) for i in range(n)]
+    prompt_tokens, completion_tokens = usage or (len(json.dumps(prompt).split()), sum(len(t.split()) for t in texts))
+    choices = [({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"} if chat
+                else {"index": i, "text": t, "finish_reason": "stop"}) for i, t in enumerate(texts)]
+    return {"id": "cmpl-" + prompt_key(prompt)[:8], "object": "chat.completion" if chat else "text_completion",
+            "model": request.get("model"), "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as separate writes; no delayed-ACK stalls
@@ -144,16 +163,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not self._peer_alive():
                 self.close_connection = True
                 return
-        n = int(request.get("n", 1))
-        sampled = float(request.get("temperature", 0.0)) > 0
-        texts = [owner.answer(prompt, i if sampled else 0) for i in range(n)]
-        prompt_tokens = len(json.dumps(prompt).split())
-        choices = [({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"} if chat
-                    else {"index": i, "text": t, "finish_reason": "stop"}) for i, t in enumerate(texts)]
-        body = {"id": "cmpl-" + key[:8], "object": "chat.completion" if chat else "text_completion",
-                "model": request.get("model"), "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(len(t.split()) for t in texts),
-                          "total_tokens": prompt_tokens + sum(len(t.split()) for t in texts)}}
+        body = completion_body(request, chat=chat, answer=owner.answer, usage=owner.usage)
         self._send(200, json.dumps(body).encode())
         with owner.lock:
             owner.answers[key] += 1
@@ -200,7 +210,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class TeacherServer:
     """Start with `with TeacherServer(...) as server:`; `server.base_url` ends in /v1.
 
-    `answer(prompt, sample)` makes the completion text (default `answer_for`).
+    `answer(prompt, sample)` makes the completion text (default `answer_for`);
+    `usage` fixes the (prompt, completion) tokens every answer reports.
     `answer_budget`: answer at most this many requests, then hold every
     further one until `release` is set; a held request whose client has
     gone by then is dropped unanswered. Lets a test stop the answers at
@@ -208,8 +219,10 @@ class TeacherServer:
     """
 
     def __init__(self, *, latency: float = 0.0, fault: FaultFn | None = None, api_key: str | None = None,
-                 answer_budget: int | None = None, answer: Callable[[object, int], str] = answer_for) -> None:
+                 answer_budget: int | None = None, answer: Callable[[object, int], str] = answer_for,
+                 usage: tuple[int, int] | None = None) -> None:
         self.answer = answer
+        self.usage = usage
         self.latency = latency
         self.fault = fault
         self.api_key = api_key

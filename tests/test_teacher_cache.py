@@ -51,3 +51,28 @@ def test_a_file_that_is_not_sqlite_is_a_user_error(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(UserError, match="cannot be opened as SQLite"):
         CompletionCache(str(path))
+
+
+def test_a_cache_from_before_accounting_and_batches_opens_and_migrates(tmp_path):
+    path = str(tmp_path / "old.sqlite")
+    with sqlite3.connect(path) as db:  # the schema as it was before run_id, runs and batch tables
+        db.executescript("""
+            CREATE TABLE completions (key TEXT PRIMARY KEY, texts TEXT NOT NULL, prompt_tokens INTEGER,
+                                      completion_tokens INTEGER, created REAL NOT NULL);
+            CREATE TABLE failures (key TEXT PRIMARY KEY, error TEXT NOT NULL, attempts INTEGER NOT NULL,
+                                   created REAL NOT NULL);
+            INSERT INTO completions VALUES ('old', '["an old answer"]', 100, 20, 0);
+        """)
+    from distill.teacher.batch_store import BatchStore
+
+    cache = CompletionCache(path)
+    assert cache.get("old") == Completion(("an old answer",), 100, 20)
+    store = BatchStore(cache)
+    assert store.rows() == [] and store.pending_count() == 0
+    run = cache.start_run("openai-batch", "m")
+    cache.put("new", Completion(("a new answer",), 7, 3))
+    assert cache.usage(["old", "new", "absent"]) == {"": (1, 100, 20), "openai-batch": (1, 7, 3)}
+    assert cache.usage(["old", "new"], run_id=run) == {"openai-batch": (1, 7, 3)}
+    cache.close()
+    reopened = CompletionCache(path)  # a second open migrates nothing twice
+    assert reopened.count() == 2

@@ -6,6 +6,7 @@ process, and reruns it. The rerun must request only the missing prompts
 (the server answers every prompt exactly once over both runs) and write
 byte-identical outputs to an uninterrupted run.
 """
+import json
 import os
 import signal
 import sqlite3
@@ -35,8 +36,9 @@ def _stored(cache_path) -> int:
 
 
 def _outputs(out):
+    """Every output but the cache and the usage report (its "this_run" part differs by design)."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and "teacher_cache" not in p.name}
+            if p.is_file() and "teacher_cache" not in p.name and not p.name.endswith(".teacher_usage.json")}
 
 
 def test_sigkill_then_rerun_requests_only_what_is_missing_and_exports_the_same(tmp_path):
@@ -72,3 +74,8 @@ def test_sigkill_then_rerun_requests_only_what_is_missing_and_exports_the_same(t
 
     assert _outputs(out) == _outputs(reference_out)
     assert set(_outputs(out)) == {"svamp/test.teacher.jsonl", "svamp/svamp_test.json", "svamp/llm/test_CoT_0.json"}
+    # Tokens in total are the same whichever runs paid for them; the third run paid for none.
+    usage, reference_usage = (json.loads((o / "svamp" / "test.teacher_usage.json").read_text())
+                              for o in (out, reference_out))
+    assert usage["total"] == reference_usage["total"] and usage["total"]["answers"] == 20
+    assert usage["this_run"]["answers"] == 0 and reference_usage["this_run"] == reference_usage["total"]

@@ -8,7 +8,9 @@ timeout, dropped connection, garbled body) waits — the server's Retry-After
 when given, else exponential backoff with jitter — up to `max_attempts`.
 A prompt that still fails is recorded in the cache's failure table with its
 (redacted) error and the run goes on. Every answer is committed to the cache
-the moment it arrives.
+the moment it arrives. With a `Budget` (distill/teacher/budget.py) each
+prompt first reserves its estimated tokens/cost; the first refusal stops
+every worker from taking new prompts while those in flight finish.
 
 `run_batched` drives a `BatchBackend` (a local model): prompts sorted by
 length so each batch pads little, one cache transaction per batch.
@@ -23,6 +25,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterator
 
 from distill.teacher.backends.base import AsyncBackend, BatchBackend, Prompt, RequestError, SamplingParams
+from distill.teacher.budget import Budget, estimate_prompt_tokens
 from distill.teacher.cache import Completion, CompletionCache
 from distill.teacher.progress import Progress
 from distill.teacher.ratelimit import RateLimiter
@@ -43,8 +46,7 @@ class Job:
 
 def estimate_tokens(prompt: Prompt, params: SamplingParams) -> int:
     """A rough upper estimate of a request's tokens for the TPM bucket (4 chars ~ 1 token)."""
-    text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
-    return len(text) // 4 + 1 + params.max_tokens * params.n
+    return estimate_prompt_tokens(prompt) + params.max_tokens * params.n
 
 
 @dataclasses.dataclass
@@ -113,19 +115,30 @@ def _total_tokens(completion: Completion) -> int | None:
 async def run_async(jobs: list[Job], render: Callable[[int], Prompt], backend: AsyncBackend,
                     cache: CompletionCache, params: SamplingParams, *,
                     concurrency: int, limiter: RateLimiter, policy: RetryPolicy, progress: Progress,
-                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, secret: str | None = None) -> None:
-    """Answer every job (already filtered by `pending_jobs`) into the cache."""
+                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, secret: str | None = None,
+                    budget: Budget | None = None) -> None:
+    """Answer every job (already filtered by `pending_jobs`) into the cache, within `budget`."""
     iterator: Iterator[Job] = iter(jobs)
 
     async def worker() -> None:
         for job in iterator:  # the shared iterator hands each job to exactly one worker
-            result, attempts = await _attempt_until_done(render(job.index), backend, params, limiter=limiter,
+            prompt = render(job.index)
+            reservation = None
+            if budget is not None:
+                reservation = budget.reserve(prompt, params)
+                if reservation is None:
+                    return  # over budget: issue nothing more (the other workers see `exhausted`)
+            result, attempts = await _attempt_until_done(prompt, backend, params, limiter=limiter,
                                                          policy=policy, progress=progress, sleep=sleep, secret=secret)
             if isinstance(result, str):
                 cache.put_failure(job.key, result, attempts)
+                if budget is not None:
+                    budget.release(reservation)
                 progress.record(ok=False)
             else:
                 cache.put(job.key, result)
+                if budget is not None:
+                    budget.settle(reservation, result.prompt_tokens, result.completion_tokens)
                 progress.record(ok=True, prompt_tokens=result.prompt_tokens,
                                 completion_tokens=result.completion_tokens)
 
@@ -133,8 +146,8 @@ async def run_async(jobs: list[Job], render: Callable[[int], Prompt], backend: A
 
 
 def run_batched(jobs: list[Job], render: Callable[[int], Prompt], backend: BatchBackend, cache: CompletionCache,
-                params: SamplingParams, *, progress: Progress) -> None:
-    """Answer every job with a local model, one cache transaction per batch.
+                params: SamplingParams, *, progress: Progress, budget: Budget | None = None) -> None:
+    """Answer every job with a local model, one cache transaction per batch, within `budget`.
 
     Jobs are sorted by prompt length (longest first, so an out-of-memory shows
     up in the first batch) and batched in that order, so each batch pads little.
@@ -142,9 +155,21 @@ def run_batched(jobs: list[Job], render: Callable[[int], Prompt], backend: Batch
     lengths = {job.key: len(str(render(job.index))) for job in jobs}
     ordered = sorted(jobs, key=lambda job: lengths[job.key], reverse=True)
     for start in range(0, len(ordered), backend.batch_size):
-        batch = ordered[start : start + backend.batch_size]
-        completions = backend.generate_batch([render(job.index) for job in batch], params)
+        batch, prompts, reservations = [], [], []
+        for job in ordered[start : start + backend.batch_size]:
+            prompt = render(job.index)
+            reservation = budget.reserve(prompt, params) if budget is not None else None
+            if budget is not None and reservation is None:
+                break
+            batch.append(job)
+            prompts.append(prompt)
+            reservations.append(reservation)
+        if not batch:
+            return
+        completions = backend.generate_batch(prompts, params)
         cache.put_many([(job.key, completion) for job, completion in zip(batch, completions)])
-        for completion in completions:
+        for reservation, completion in zip(reservations, completions):
+            if budget is not None:
+                budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
             progress.record(ok=True, prompt_tokens=completion.prompt_tokens,
                             completion_tokens=completion.completion_tokens)

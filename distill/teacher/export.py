@@ -12,9 +12,10 @@ layer's own layout functions, so `load_examples(name, split, out)` reads them):
 (for the generic "jsonl" dataset the folder is `out` itself and the split
 file `<split>.jsonl`; it has no llm/ blocks).
 
-Every file is written to a temporary name and moved into place with
-os.replace, so a crash never leaves a half-written output, and stale
-higher-numbered CoT blocks from an earlier, longer run are removed.
+Every file is written through the package's atomic-write helper
+(distill/atomic.py), so a crash never leaves a half-written output, and lines
+through its one JSON-lines writer (distill/jsonl.py); stale higher-numbered
+CoT blocks from an earlier, longer run are removed.
 """
 from __future__ import annotations
 
@@ -23,44 +24,12 @@ import os
 import re
 from collections.abc import Iterable
 
+from distill.atomic import AtomicFile, write_atomically
 from distill.data.readers import dataset_dir, split_path
 from distill.data.teacher_outputs import teacher_jsonl_path
+from distill.jsonl import jsonl_line
 
 COT_BLOCK_SIZE = 1000
-
-
-class AtomicWriter:
-    """A text file that appears at `path` only when complete (temp file + os.replace)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._tmp = f"{path}.tmp-{os.getpid()}"
-        self._handle = open(self._tmp, "w", encoding="utf-8")
-
-    def write(self, text: str) -> None:
-        self._handle.write(text)
-
-    def commit(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        os.replace(self._tmp, self.path)
-
-    def __enter__(self) -> "AtomicWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self._handle.close()
-            os.remove(self._tmp)
-
-
-def write_json_atomic(path: str, value: object) -> None:
-    with AtomicWriter(path) as out:
-        out.write(json.dumps(value, ensure_ascii=False))
 
 
 def output_paths(name: str, out: str, split: str) -> dict[str, str]:
@@ -82,7 +51,8 @@ class _CotBlocks:
             self._flush()
 
     def _flush(self) -> None:
-        write_json_atomic(os.path.join(self.folder, f"{self.split}_CoT_{self.count}.json"), self._block)
+        write_atomically(os.path.join(self.folder, f"{self.split}_CoT_{self.count}.json"),
+                         json.dumps(self._block, ensure_ascii=False))
         self.count, self._block = self.count + 1, []
 
     def finish(self) -> None:
@@ -106,15 +76,15 @@ def write_outputs(name: str, split: str, out: str, records: Iterable[dict], raw_
     paths = output_paths(name, out, split)
     blocks = _CotBlocks(paths["llm"], split) if name != "jsonl" else None
     written = 0
-    with AtomicWriter(paths["teacher"]) as teacher:
+    with AtomicFile(paths["teacher"]) as teacher:
         for record in records:
-            teacher.write(json.dumps(record, ensure_ascii=False) + "\n")
+            teacher.write(jsonl_line(record))
             if blocks is not None:
                 blocks.add(record["teacher_raw"][0] if record["teacher_raw"] else "")
             written += 1
         if blocks is not None:
             blocks.finish()
-        with AtomicWriter(paths["split"]) as split_file:
+        with AtomicFile(paths["split"]) as split_file:
             for raw in raw_records[:written]:
-                split_file.write(json.dumps(raw, ensure_ascii=False) + "\n")
+                split_file.write(jsonl_line(raw))
     return paths

@@ -7,8 +7,16 @@ Steps, top to bottom: read the split file (the data layer's reader, so the
 outputs align with the file the loaders read); render one prompt per example
 and hash it into its cache key; send the prompts the cache does not hold yet
 (each distinct prompt once); vote over each prompt's samples with the data
-layer's parser; write the outputs atomically; summarize. Rerunning the same
-call after a crash sends only what is missing and writes the same files.
+layer's parser; write the outputs atomically; account for the tokens and
+their estimated cost (distill/teacher/accounting.py, beside the outputs as
+<split>.teacher_usage.json); summarize. Rerunning the same call after a
+crash sends only what is missing and writes the same files.
+
+Three kinds of backend: an `AsyncBackend` (HTTP server, driven by the
+batcher's workers), a `BatchBackend` (a local model, batched), and a
+`JobsBackend` (the Batch API: it takes all pending jobs at once, see
+distill/teacher/batch_runner.py). A `Budget` (distill/teacher/budget.py)
+limits how many requests any of them issues.
 """
 from __future__ import annotations
 
@@ -24,8 +32,10 @@ from distill.data.readers import SPLITS, read_split, split_path
 from distill.data.specs import get_spec
 from distill.errors import UserError
 from distill.metrics import metric_fn_for
-from distill.teacher import batcher, export, prompts, voting
-from distill.teacher.backends.base import AsyncBackend, BatchBackend, Prompt, SamplingParams
+from distill.teacher import accounting, batcher, export, prompts, voting
+from distill.teacher.accounting import Prices, Usage
+from distill.teacher.backends.base import AsyncBackend, BatchBackend, JobsBackend, Prompt, SamplingParams
+from distill.teacher.budget import Budget
 from distill.teacher.cache import CompletionCache, cache_key
 from distill.teacher.progress import Progress
 from distill.teacher.ratelimit import RateLimiter
@@ -47,7 +57,14 @@ class TeacherSummary:
     accuracy: float | None  # teacher label vs gold, fraction in [0, 1]; None without gold
     gold_examples: int
     seconds: float
-    paths: dict[str, str]
+    paths: dict[str, str]  # teacher, split, llm, usage
+    backend: str = ""  # the accounting name (openai, openai-batch, hf, flax_t5)
+    distinct: int = 0  # distinct prompts of the split
+    run_usage: Usage = Usage(0, 0, 0, None)  # answers this run stored
+    total_usage: Usage = Usage(0, 0, 0, None)  # every answer the export is made of
+    budget_stop: str | None = None  # the one line saying where the budget stopped the run
+    notes: tuple[str, ...] = ()  # e.g. batches still running
+    not_sent: int = 0  # examples whose prompt has neither an answer nor a failure (budget, batches running)
 
 
 def _split_examples(dataset: str, split: str, data_dir: str, out: str,
@@ -74,15 +91,23 @@ def _split_examples(dataset: str, split: str, data_dir: str, out: str,
     return examples, raw
 
 
-def run_teacher(*, dataset: str, split: str, out: str, backend: AsyncBackend | BatchBackend,
+def run_teacher(*, dataset: str, split: str, out: str, backend: AsyncBackend | BatchBackend | JobsBackend,
                 data_dir: str | None = None, cache_path: str | None = None,
                 params: SamplingParams = SamplingParams(), prompt_format: str = "completion",
                 exemplars_path: str | None = None, limit: int | None = None, concurrency: int = 64,
                 limiter: RateLimiter | None = None, policy: batcher.RetryPolicy | None = None,
                 gold_filter: bool = False, secret: str | None = None,
-                progress_stream: TextIO | None = None) -> TeacherSummary:
-    """Prompt the teacher for every example of one split file and write the outputs under `out`."""
+                progress_stream: TextIO | None = None, prices: Prices = Prices(),
+                max_cost: float | None = None, max_tokens_total: int | None = None) -> TeacherSummary:
+    """Prompt the teacher for every example of one split file and write the outputs under `out`.
+
+    `max_cost` (USD, needs `prices`) and `max_tokens_total` (prompt +
+    completion tokens) cap what the split's answers may use in all, cached
+    ones included; the run stops issuing requests before either is exceeded.
+    """
     start = time.monotonic()
+    if max_cost is not None and not prices.known:
+        raise UserError("--max-cost needs prices: pass --price-input and --price-output (USD per million tokens)")
     data_dir = resolve_data_dir(data_dir)
     examples, raw = _split_examples(dataset, split, data_dir, out, limit)
     prompt_set = prompts.load_exemplars(dataset, exemplars_path)
@@ -96,19 +121,45 @@ def run_teacher(*, dataset: str, split: str, out: str, backend: AsyncBackend | B
     keys = [cache_key(backend=backend.kind, model=backend.model, prompt=render(i), params=params.as_dict())
             for i in range(len(examples))]
     cache = CompletionCache(cache_path or os.path.join(out, "teacher_cache.sqlite"))
+    name = getattr(backend, "name", backend.kind)
     try:
+        run_id = cache.start_run(name, backend.model)
         jobs = batcher.pending_jobs([batcher.Job(key, i) for i, key in enumerate(keys)], cache)
         distinct = len(set(keys))
         progress = Progress(distinct, already_done=distinct - len(jobs), stream=progress_stream)
-        if jobs and hasattr(backend, "generate_batch"):
-            batcher.run_batched(jobs, render, backend, cache, params, progress=progress)
+        budget = None
+        if max_cost is not None or max_tokens_total is not None:
+            spent = accounting.priced(cache.usage(keys), prices)
+            budget = Budget(max_cost=max_cost, max_tokens=max_tokens_total, prices=prices,
+                            batch=name == accounting.BATCH_BACKEND, spent_tokens=spent.tokens,
+                            spent_cost=spent.cost or 0.0)
+        notes: list[str] = []
+        if jobs and hasattr(backend, "run_jobs"):
+            notes = backend.run_jobs(jobs, render, cache, params, budget=budget, progress=progress)
+        elif jobs and hasattr(backend, "generate_batch"):
+            batcher.run_batched(jobs, render, backend, cache, params, progress=progress, budget=budget)
         elif jobs:
             _run_coroutine(_run_and_close(jobs, render, backend, cache, params, concurrency=concurrency,
                                        limiter=limiter or RateLimiter(), policy=policy or batcher.RetryPolicy(),
-                                       progress=progress, secret=secret))
+                                       progress=progress, secret=secret, budget=budget))
         progress.maybe_draw(force=True)
-        return _export(dataset, split, out, examples, raw, keys, cache, gold_filter=gold_filter,
-                       progress=progress, from_cache=distinct - len(jobs), start=start)
+        summary = _export(dataset, split, out, examples, raw, keys, cache, gold_filter=gold_filter,
+                          progress=progress, from_cache=distinct - len(jobs), start=start)
+        run_usage = accounting.priced(cache.usage(keys, run_id=run_id), prices)
+        total_usage = accounting.priced(cache.usage(keys), prices)
+        budget_stop = None
+        if budget is not None and budget.exhausted:
+            flags = " / ".join(flag for flag, value in (("--max-cost", max_cost),
+                                                        ("--max-tokens-total", max_tokens_total))
+                               if value is not None)
+            budget_stop = (f"budget reached: {total_usage.answers} of {distinct} prompts answered; rerun with a "
+                           f"higher {flags} to continue (answered prompts are in the cache and are not sent again)")
+        usage_file = accounting.usage_path(dataset, out, split)
+        accounting.write_usage(usage_file, backend=name, model=backend.model, prices=prices, run=run_usage,
+                               total=total_usage, budget_stop=budget_stop)
+        return dataclasses.replace(summary, paths={**summary.paths, "usage": usage_file}, backend=name,
+                                   distinct=distinct, run_usage=run_usage, total_usage=total_usage,
+                                   budget_stop=budget_stop, notes=tuple(notes))
     finally:
         cache.close()
 
@@ -134,7 +185,7 @@ async def _run_and_close(jobs, render, backend, cache, params, **kwargs) -> None
 def _export(dataset: str, split: str, out: str, examples: list[dict], raw: list[dict], keys: list[str],
             cache: CompletionCache, *, gold_filter: bool, progress: Progress, from_cache: int,
             start: float) -> TeacherSummary:
-    counts = {"completed": 0, "failed": 0, "parse_failures": 0}
+    counts = {"completed": 0, "failed": 0, "parse_failures": 0, "not_sent": 0}
     targets, predictions = [], []
 
     def records():
@@ -142,8 +193,9 @@ def _export(dataset: str, split: str, out: str, examples: list[dict], raw: list[
             completion = cache.get(key)
             gold = example["label"] or None
             if completion is None:
-                counts["failed"] += 1
-                result = voting.Vote(None, None, (), False, cache.failure(key) or "not answered")
+                error = cache.failure(key)
+                counts["failed" if error else "not_sent"] += 1
+                result = voting.Vote(None, None, (), False, error or "not answered")
                 texts: list[str] = []
             else:
                 counts["completed"] += 1
@@ -164,7 +216,7 @@ def _export(dataset: str, split: str, out: str, examples: list[dict], raw: list[
     paths = export.write_outputs(dataset, split, out, records(), raw)
     accuracy = metric_fn_for(dataset)(targets, predictions)["accuracy"] if targets else None
     return TeacherSummary(
-        examples=len(examples), completed=counts["completed"], failed=counts["failed"],
+        examples=len(examples), completed=counts["completed"], failed=counts["failed"], not_sent=counts["not_sent"],
         parse_failures=counts["parse_failures"], from_cache=from_cache, requested=progress.requested,
         retries=progress.retries, prompt_tokens=progress.prompt_tokens,
         completion_tokens=progress.completion_tokens, accuracy=accuracy, gold_examples=len(targets),

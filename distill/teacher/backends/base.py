@@ -3,11 +3,14 @@
 Two shapes of backend exist because the work is shaped differently: an HTTP
 server wants many independent requests in flight (`AsyncBackend`), a local
 model wants prompts grouped into padded batches (`BatchBackend`). Both
-return `Completion`s, which the cache stores as they are.
+return `Completion`s, which the cache stores as they are. A third, the Batch
+API (`JobsBackend`), takes every pending prompt at once and stores the
+answers itself, because they come back hours later as files.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from distill.teacher.cache import Completion
@@ -61,6 +64,18 @@ class BatchBackend(Protocol):
 
     def generate_batch(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """Completions for `prompts`, in the same order."""
+
+
+class JobsBackend(Protocol):
+    """A backend that takes every pending prompt at once (the Batch API, openai_batch.py)."""
+
+    kind: str  # the cache key's backend
+    name: str  # the accounting name (distill/teacher/accounting.py)
+    model: str
+
+    def run_jobs(self, jobs: list, render: Callable[[int], Prompt], cache: Any, params: SamplingParams, *,
+                 budget: Any, progress: Any) -> list[str]:
+        """Answer the jobs (batcher.Job) into the cache within the budget; notes for the summary."""
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
