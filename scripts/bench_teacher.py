@@ -39,28 +39,31 @@ def _serve(latency: float, conn) -> None:
         conn.send((time.process_time(), sum(server.requests.values())))
 
 
-def _prompts(count: int, offset: int) -> list[str]:
-    prompt_set = prompts.load_exemplars("svamp")
-    return [prompts.render_completion(prompt_set, f"Ann has {offset + i} apples and buys 3 more.\nHow many apples?")
-            for i in range(count)]
-
-
 def measure(base_url: str, concurrency: int, count: int, offset: int, folder: str) -> tuple[float, float]:
-    """(requests per second, client CPU milliseconds per request) for `count` fresh prompts."""
+    """(requests per second, client CPU milliseconds per request) for `count` fresh prompts.
+
+    As in `run_teacher`, keys are computed before the clock starts and each
+    prompt is rendered again when it is sent (inside the measurement).
+    """
     from distill.teacher.backends.openai_http import OpenAIBackend
 
-    texts = _prompts(count, offset)
+    prompt_set = prompts.load_exemplars("svamp")
+    inputs = [f"Ann has {offset + i} apples and buys 3 more.\nHow many apples?" for i in range(count)]
+
+    def render(index: int) -> str:
+        return prompts.render_completion(prompt_set, inputs[index])
+
     cache = CompletionCache(os.path.join(folder, f"bench_{concurrency}_{offset}.sqlite"))
     params = SamplingParams(max_tokens=64)
-    jobs = [batcher.Job(cache_key(backend="openai", model="bench", prompt=t, params=params.as_dict()), i)
-            for i, t in enumerate(texts)]
+    jobs = [batcher.Job(cache_key(backend="openai", model="bench", prompt=render(i), params=params.as_dict()), i)
+            for i in range(count)]
 
     async def run() -> tuple[float, float]:
         backend = OpenAIBackend(base_url=base_url, model="bench", api_key=None)
         # Warm the connection pool so the figure is steady-state throughput.
-        await asyncio.gather(*(backend.generate(texts[i % count], params) for i in range(concurrency)))
+        await asyncio.gather(*(backend.generate(render(i % count), params) for i in range(concurrency)))
         start, cpu = time.perf_counter(), time.process_time()
-        await batcher.run_async(jobs, texts.__getitem__, backend, cache, params, concurrency=concurrency,
+        await batcher.run_async(jobs, render, backend, cache, params, concurrency=concurrency,
                                 limiter=RateLimiter(), policy=batcher.RetryPolicy(timeout=30),
                                 progress=Progress(count, stream=open(os.devnull, "w")))
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu

@@ -29,6 +29,7 @@ Two renderings of the same prompt:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -87,23 +88,36 @@ def _question(example_input: str) -> str:
     return f"Q: {example_input.strip()}"
 
 
-def render_completion(prompts: PromptSet, example_input: str) -> str:
-    """Plain-text few-shot prompt ending in "A:"; the model continues with the answer."""
+# The few-shot part is the same for every example of a run; it is built once per PromptSet (frozen,
+# hashable), since a run renders each of its 10^4-10^6 prompts twice (for its cache key, then to send it).
+@functools.lru_cache(maxsize=16)
+def _completion_prefix(prompts: PromptSet) -> str:
     shots = [f"{_question(e.input)}\nA: {answer_text(prompts.dataset, e.input, e.rationale, e.label)}"
              for e in prompts.exemplars]
-    parts = ([prompts.instruction] if prompts.instruction else []) + shots + [f"{_question(example_input)}\nA:"]
-    return "\n\n".join(parts)
+    return "".join(part + "\n\n" for part in ([prompts.instruction] if prompts.instruction else []) + shots)
 
 
-def render_chat(prompts: PromptSet, example_input: str) -> list[dict[str, str]]:
-    """Chat messages: system instruction, exemplar turns, then the question."""
+@functools.lru_cache(maxsize=16)
+def _chat_prefix(prompts: PromptSet) -> tuple[dict[str, str], ...]:
     messages = [{"role": "system", "content": prompts.instruction +
                  " Follow the format of the examples exactly: reasoning first, then the answer sentence."}]
     for e in prompts.exemplars:
         messages.append({"role": "user", "content": _question(e.input)})
         messages.append({"role": "assistant", "content": answer_text(prompts.dataset, e.input, e.rationale, e.label)})
-    messages.append({"role": "user", "content": _question(example_input)})
-    return messages
+    return tuple(messages)
+
+
+def render_completion(prompts: PromptSet, example_input: str) -> str:
+    """Plain-text few-shot prompt ending in "A:"; the model continues with the answer."""
+    return f"{_completion_prefix(prompts)}{_question(example_input)}\nA:"
+
+
+def render_chat(prompts: PromptSet, example_input: str) -> list[dict[str, str]]:
+    """Chat messages: system instruction, exemplar turns, then the question.
+
+    The exemplar messages are shared between the prompts of a run: read them, never change them.
+    """
+    return [*_chat_prefix(prompts), {"role": "user", "content": _question(example_input)}]
 
 
 def default_exemplars_path(dataset: str) -> str:
