@@ -48,6 +48,14 @@ def is_complete_step_dir(step_dir: pathlib.Path) -> bool:
     return all((step_dir / item).is_dir() and any((step_dir / item).iterdir()) for item in _ITEMS)
 
 
+def finished_steps(checkpoints_dir: str | pathlib.Path) -> list[int]:
+    """The finished checkpoint steps in a checkpoints/ folder, ascending ([] when there is none)."""
+    folder = pathlib.Path(checkpoints_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if is_complete_step_dir(p))
+
+
 class CheckpointManager:
     """Save every `save_every` steps (and when forced), keep the last `keep`.
 
@@ -181,7 +189,7 @@ def restore_params(path: str, abstract_params: Any, shardings: Any) -> Any:
         step_dir = root
     else:
         folder = root / "checkpoints" if (root / "checkpoints").is_dir() else root
-        steps = sorted(int(p.name) for p in folder.glob("*") if is_complete_step_dir(p))
+        steps = finished_steps(folder)
         if not steps:
             raise UserError(f"{path} holds no finished checkpoint (<model_dir>/checkpoints/<step>)")
         step_dir = folder / str(steps[-1])

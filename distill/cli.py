@@ -2,11 +2,18 @@
 
 Subcommand modules are imported only when chosen, so `distill teacher` never
 imports TensorFlow and `distill --help` is instant. Every `main` takes the
-remaining argv and returns an exit code; a `UserError` anywhere becomes one
-`error: ...` line on stderr and exit code 2.
+remaining argv and returns an exit code. `run_main` is the error boundary of
+the command and of the `python -m` entry points: a `UserError`, or a known
+failure of the environment (a file that cannot be read or written, a full
+disk), becomes one `error: ...` line on stderr and exit code 2 (with
+DISTILL_DEBUG=1 the traceback too); anything else is a bug and keeps its
+traceback, with exit code 1.
 """
 import importlib
+import os
 import sys
+import traceback
+from collections.abc import Callable
 
 from distill.errors import UserError
 
@@ -55,11 +62,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target, rest = resolved
     module_name, function_name = target.split(":")
+    return run_main(lambda: getattr(importlib.import_module(module_name), function_name)(rest))
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{err.strerror}{where}: check the path, its permissions and the free disk space"
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def run_main(entry: Callable[[], int | None]) -> int:
+    """Runs a command's main; known failures become one `error:` line and exit code 2."""
     try:
-        entry = getattr(importlib.import_module(module_name), function_name)
-        return int(entry(rest) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        return int(entry() or 0)
+    except (UserError, OSError) as err:
+        if os.environ.get("DISTILL_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -12,69 +12,44 @@ metrics.json in the model dir (or OUTPUT_DIR).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from distill.errors import UserError
 
+if TYPE_CHECKING:
+    import seqio
 
-@dataclasses.dataclass(frozen=True)
-class LoadedRun:
-    """A trained run ready to decode: config, params, vocabulary, tasks, step."""
-
-    model_dir: str
-    step: int
-    run_info: dict[str, Any]
-    config: Any
-    params: Any
-    vocabulary: Any
+    from distill.run_dir import Trained
 
 
-def load_run(checkpoint_path: str, *, data_dir: str | None = None) -> LoadedRun:
-    """Loads a model dir (latest checkpoint) or one `<model_dir>/checkpoints/<step>` folder.
+def load_run(checkpoint_path: str, *, data_dir: str | None = None) -> tuple["Trained", "seqio.Vocabulary"]:
+    """The trained run at `checkpoint_path` and its seqio vocabulary, with its tasks registered.
 
     Re-registers the run's seqio tasks with its vocabulary (data from
     `data_dir`, else the run's, else $DISTILL_DATA_DIR) so they can be read.
-    UserError when the path holds no finished checkpoint or no run.json.
+    UserError when the path is not a model dir with a finished checkpoint.
     """
-    import flax.linen as nn
-
-    from distill import checkpointing
-    from distill.models.t5 import T5Config, abstract_params
-    from distill.partitioning import Partitioner
+    from distill.data.datasets import resolve_data_dir
+    from distill.run_dir import load_trained
     from distill.tasks import register_tasks
-    from distill.train import RUN_FILE, _read_run_file
     from distill.vocab import load_vocabulary
 
-    path = os.path.abspath(checkpoint_path.rstrip("/"))
-    if not os.path.exists(path):
-        raise UserError(f"checkpoint {checkpoint_path} does not exist: pass a model dir or <model_dir>/checkpoints/<step>")
-    if checkpointing.is_complete_step_dir(pathlib.Path(path)):
-        model_dir, step = os.path.dirname(os.path.dirname(path)), int(os.path.basename(path))
-    else:
-        model_dir = path
-        step = checkpointing.CheckpointManager(model_dir, save_every=1, async_save=False).latest_step()
-        if step is None:
-            raise UserError(f"{checkpoint_path} holds no finished checkpoint (expected checkpoints/<step> inside)")
-    run_info = _read_run_file(model_dir)
-    if not run_info:
-        raise UserError(f"{model_dir} has no {RUN_FILE}: not a model dir written by `distill train`")
-    config = T5Config(**run_info["model_config"])
-    boxed = abstract_params(config)
-    partitioner = Partitioner()
-    params = checkpointing.restore_params(path, nn.unbox(boxed)["params"], partitioner.shardings_for(boxed)["params"])
-    vocabulary = load_vocabulary(run_info["vocabulary_path"])
-    chosen_data_dir = data_dir or (run_info["data_dir"] if os.path.isdir(run_info["data_dir"])
-                                   else os.environ.get("DISTILL_DATA_DIR") or run_info["data_dir"])
-    register_tasks(dataset=run_info["dataset"], data_dir=chosen_data_dir, vocabulary=vocabulary,
-                   train_fraction=run_info.get("train_fraction", 1.0))
-    return LoadedRun(model_dir=model_dir, step=step, run_info=run_info, config=config, params=params,
-                     vocabulary=vocabulary)
+    trained = load_trained(checkpoint_path)
+    if trained.model_dir is None:
+        raise UserError(f"{checkpoint_path} is a Hugging Face folder; evaluation needs a model dir written by "
+                        "`distill train` (its run.json names the tasks)")
+    info = trained.run_info
+    trained.tokenizer()  # the vocabulary must fit the model
+    vocabulary = load_vocabulary(trained.tokenizer_path)
+    recorded = info.get("data_dir")
+    chosen = data_dir or (recorded if recorded and os.path.isdir(recorded) else None)
+    register_tasks(dataset=info["dataset"], data_dir=resolve_data_dir(chosen, dataset=info["dataset"]),
+                   vocabulary=vocabulary, train_fraction=info.get("train_fraction", 1.0))
+    return trained, vocabulary
 
 
 def evaluate_checkpoint(
@@ -97,7 +72,7 @@ def evaluate_checkpoint(
     """
     from distill.evaluation import EvalSettings, Evaluator
 
-    run = load_run(checkpoint_path, data_dir=data_dir)
+    run, vocabulary = load_run(checkpoint_path, data_dir=data_dir)
     info = run.run_info
     settings = EvalSettings(splits=tuple(splits), batch_size=batch_size,
                             max_input_length=info["task_feature_lengths"]["inputs"],
@@ -106,7 +81,7 @@ def evaluate_checkpoint(
                             rationale_max_decode_length=info["task_feature_lengths"]["targets"],
                             max_examples=max_examples)
     evaluator = Evaluator(label_task=info["label_task"], rationale_task=info.get("rationale_task"),
-                          dataset=info["dataset"], vocabulary=run.vocabulary,
+                          dataset=info["dataset"], vocabulary=vocabulary,
                           output_dir=output_dir or run.model_dir, settings=settings)
     return evaluator.evaluate(run.config, run.params, run.step)
 
@@ -115,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     """`distill eval --checkpoint DIR [--gin_file ...] [--gin.NAME=VALUE ...]`."""
     from distill import gin_bindings
 
-    code, result = gin_bindings.run_entry_point("distill eval", argv, "evaluate_checkpoint",
+    code, result = gin_bindings.run_entry_point("distill eval", argv, evaluate_checkpoint, name="evaluate_checkpoint",
                                                 default_gin_file="runs/eval.gin", checkpoint_flag=True)
     if code:
         return code
@@ -124,6 +99,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from distill import eval as _eval_module  # run the importable copy, not __main__'s
+    from distill import cli
 
-    sys.exit(_eval_module.main())
+    sys.exit(cli.main(["eval", *sys.argv[1:]]))

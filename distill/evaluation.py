@@ -1,6 +1,6 @@
 """Label-task evaluation: decode valid/test, score, write predictions and metrics.
 
-At inference only the label task runs (DESIGN.md section 1), so evaluation
+At inference only the label task runs (the method, README.md), so evaluation
 decodes the `[label] ` inputs of the label task's validation/test splits (greedy
 by default, like the reference's `predict_with_generate`), scores them with
 the task's seqio metric functions (distill.metrics: accuracy, or equation
@@ -11,8 +11,10 @@ accuracy for SVAMP), and writes into the model dir:
     metrics.json   {"dataset", "task", "latest_step", "test_accuracy",
                     "validation_accuracy", "evals": {"<step>": {"<split>": {...}}}}
 
-All files are written to a temp file and renamed, so a crash never leaves a
-half-written metrics.json; earlier steps' entries are kept.
+File names come from distill/run_dir.py; every file is written atomically
+(distill/atomic.py), so a crash never leaves a half-written metrics.json;
+earlier steps' entries are kept. The Evaluator reads metrics.json once and
+keeps it in memory, so training returns what it wrote without reading it back.
 
 Only the decoding needs the model; the examples and metric functions come
 from seqio (imported when an `Evaluator` is built, not at module import).
@@ -20,17 +22,13 @@ from seqio (imported when an `Evaluator` is built, not at module import).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from distill.atomic import write_atomically
 from distill.errors import UserError
-
-METRICS_FILE = "metrics.json"
-PREDICTIONS_DIR = "predictions"
+from distill.jsonl import write_jsonl
+from distill.run_dir import predictions_path, read_metrics, write_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +53,6 @@ class EvalSettings:
     num_rationale_examples: int = 0
     rationale_max_decode_length: int = 256
     max_examples: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Split:
-    inputs: list[str]
-    targets: list[str]
 
 
 class Evaluator:
@@ -92,40 +84,39 @@ class Evaluator:
         if not self._metric_fns:
             raise UserError(f"task {label_task!r} has no metric functions; evaluate a label task")
         self._postprocess = provider.postprocess_fn
-        self._splits: dict[str, _Split] = {}
-        for split in settings.splits:
-            examples = input_pipeline.eval_examples(label_task, split, max_examples=settings.max_examples)
-            self._splits[split] = _Split([e.input for e in examples], [e.target for e in examples])
-        self._rationales: _Split | None = None
+        self._splits = {split: input_pipeline.eval_examples(label_task, split, max_examples=settings.max_examples)
+                        for split in settings.splits}
+        self._rationales = None
         if rationale_task and settings.splits and settings.num_rationale_examples > 0:
-            examples = input_pipeline.eval_examples(rationale_task, settings.splits[-1],
-                                                    max_examples=settings.num_rationale_examples)
-            self._rationales = _Split([e.input for e in examples], [e.target for e in examples])
+            self._rationales = input_pipeline.eval_examples(rationale_task, settings.splits[-1],
+                                                            max_examples=settings.num_rationale_examples)
+        self.metrics: dict[str, Any] = read_metrics(output_dir)
 
     def evaluate(self, config: Any, params: Any, step: int) -> dict[str, dict[str, float]]:
         """Decodes every split at `step`, writes the files, returns {split: metrics}."""
-        from distill.predict import decode_texts
+        from distill.predict import decode_ids
 
         s = self.settings
         results: dict[str, dict[str, float]] = {}
-        for split, data in self._splits.items():
+        for split, examples in self._splits.items():
             start = time.perf_counter()
-            predictions = decode_texts(config, params, self.vocabulary, data.inputs, batch_size=s.batch_size,
-                                       max_input_length=s.max_input_length, method=s.method,
-                                       num_beams=s.num_beams, max_decode_length=s.max_decode_length)
-            metrics = self._score(data.targets, predictions)
+            predictions = decode_ids(config, params, self.vocabulary, [e.input_ids for e in examples],
+                                     batch_size=s.batch_size, max_input_length=s.max_input_length,
+                                     method=s.method, num_beams=s.num_beams, max_decode_length=s.max_decode_length)
+            metrics = self._score([e.target for e in examples], predictions)
             metrics["num_examples"] = len(predictions)
             metrics["decode_seconds"] = round(time.perf_counter() - start, 3)
             results[split] = metrics
-            self._write_predictions(f"{split}_step{step}.jsonl", data, predictions)
+            self._write_predictions(f"{split}_step{step}.jsonl", examples, predictions)
         if self._rationales is not None:
-            rationales = decode_texts(config, params, self.vocabulary, self._rationales.inputs,
-                                      batch_size=s.batch_size, max_input_length=s.max_input_length,
-                                      max_decode_length=s.rationale_max_decode_length)
+            rationales = decode_ids(config, params, self.vocabulary, [e.input_ids for e in self._rationales],
+                                    batch_size=s.batch_size, max_input_length=s.max_input_length,
+                                    max_decode_length=s.rationale_max_decode_length)
             self._write_predictions(f"rationales_step{step}.jsonl", self._rationales, rationales)
+        self.metrics = with_step_results(self.metrics, step=step, results=results, dataset=self.dataset,
+                                         task=self.label_task)
         if self.write:
-            update_metrics_file(self.output_dir, step=step, results=results, dataset=self.dataset,
-                                task=self.label_task)
+            write_metrics(self.output_dir, self.metrics)
         return results
 
     def _score(self, targets: list[str], predictions: list[str]) -> dict[str, float]:
@@ -137,43 +128,27 @@ class Evaluator:
                 metrics[name] = float(getattr(value, "value", value))
         return metrics
 
-    def _write_predictions(self, name: str, data: _Split, predictions: list[str]) -> None:
-        if not self.write:
-            return
-        lines = [json.dumps({"input": i, "target": t, "prediction": p}, ensure_ascii=False)
-                 for i, t, p in zip(data.inputs, data.targets, predictions)]
-        write_atomically(os.path.join(self.output_dir, PREDICTIONS_DIR, name), "\n".join(lines) + "\n")
+    def _write_predictions(self, name: str, examples: Sequence[Any], predictions: list[str]) -> None:
+        if self.write:
+            from distill.input_pipeline import prediction_records
+
+            write_jsonl(predictions_path(self.output_dir, name), prediction_records(examples, predictions))
 
     def has_step(self, step: int) -> bool:
         """Whether metrics.json already holds every split of this evaluator at `step`."""
-        done = read_metrics_file(self.output_dir).get("evals", {}).get(str(step), {})
+        done = self.metrics.get("evals", {}).get(str(step), {})
         return all(split in done for split in self._splits)
 
 
-def read_metrics_file(output_dir: str) -> dict[str, Any]:
-    """metrics.json of a model dir ({} when absent); UserError when it is not JSON."""
-    path = os.path.join(output_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is not readable JSON ({err}); move it away to start a new one") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object; move it away to start a new one")
-    return data
-
-
-def update_metrics_file(output_dir: str, *, step: int, results: dict[str, dict[str, float]], dataset: str,
-                        task: str) -> dict[str, Any]:
-    """Adds one step's results to metrics.json and refreshes the top-level summary.
+def with_step_results(data: dict[str, Any], *, step: int, results: dict[str, dict[str, float]], dataset: str,
+                      task: str) -> dict[str, Any]:
+    """metrics.json content with one step's results added and the top-level summary refreshed.
 
     The summary (`latest_step`, `<split>_accuracy`) describes the newest step
     evaluated, so after training it holds the final test accuracy.
     """
-    data = read_metrics_file(output_dir)
-    evals = data.setdefault("evals", {})
+    data = {**data, "evals": {k: dict(v) for k, v in data.get("evals", {}).items()}}
+    evals = data["evals"]
     evals.setdefault(str(step), {}).update(results)
     latest = max(int(s) for s in evals)
     data.update({"dataset": dataset, "task": task, "latest_step": latest})
@@ -181,5 +156,4 @@ def update_metrics_file(output_dir: str, *, step: int, results: dict[str, dict[s
         if "accuracy" in metrics:
             data[f"{split}_accuracy"] = metrics["accuracy"]
     data["evals"] = {k: evals[k] for k in sorted(evals, key=int)}
-    write_atomically(os.path.join(output_dir, METRICS_FILE), json.dumps(data, indent=2, sort_keys=False) + "\n")
     return data

@@ -4,8 +4,8 @@ Task examples (from `distill.tasks`) look like
 
     {"inputs": [7, 8, 1], "targets": [3, 9, 1], "task_id": 0, ...}
 
-where `task_id` is a scalar (0 = label task, 1 = rationale task). The
-step-by-step loss (DESIGN.md section 1) normalizes each task's cross-entropy
+where `task_id` is a scalar (distill.losses.LABEL_TASK = 0, RATIONALE_TASK = 1). The
+step-by-step loss (distill/losses.py) normalizes each task's cross-entropy
 by that task's own token count, so the task id must reach the trainer per
 target token, also when a label example and a rationale example are packed
 into one row. `StepByStepFeatureConverter` is seqio's `EncDecFeatureConverter`
@@ -37,7 +37,6 @@ import seqio
 import tensorflow as tf
 
 TASK_ID_FEATURE = "task_id"
-LABEL_TASK_ID, RATIONALE_TASK_ID = 0, 1
 # The per-token task ids while they travel through packing/padding. seqio's
 # packer trims every sequence at its count of non-zero tokens, so label-task
 # ids (0) would vanish; they travel as task_id + 1 and are shifted back after.

@@ -1,17 +1,20 @@
 """Gin for the entry points: configurable names, flag parsing, friendly errors.
 
-Imported only by `distill.train`, `distill.eval` and `distill.infer` (and the
-gin-file tests): the library itself never imports gin, so every function
-stays callable with plain keyword arguments. Names gin files may use:
+Imported only inside the entry points' `main` (distill/train.py, eval.py,
+infer.py), the sweep and the gin-file tests: the library itself never
+imports gin, so every function stays callable with plain keyword arguments.
+The entry points hand their library function in (`run_entry_point(...,
+entry=train, name="train")`), so this module imports none of them. Names
+gin files may use:
 
     T5Config            distill.models.t5.T5Config (model gin files)
     make_optimizer      distill.optimizers.make_optimizer
     make_schedule       distill.optimizers.make_schedule (logged learning rate)
     Partitioner         distill.partitioning.Partitioner
     rules_2d            distill.partitioning.rules_2d (2D parameter sharding)
-    train               distill.train.train
-    evaluate_checkpoint distill.eval.evaluate_checkpoint
-    infer_checkpoint    distill.infer.infer_checkpoint
+    train               distill.train.train                  (registered by its entry point)
+    evaluate_checkpoint distill.eval.evaluate_checkpoint     (likewise)
+    infer_checkpoint    distill.infer.infer_checkpoint       (likewise)
 
 Flags follow T5X: `--gin_file` (repeatable), `--gin.NAME=VALUE` (rewritten
 to `--gin_bindings='NAME = VALUE'`), `--gin_search_paths` (comma list); the
@@ -25,7 +28,7 @@ import logging
 import os
 import re
 import tokenize
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -42,27 +45,14 @@ make_schedule = gin.external_configurable(optimizers.make_schedule, "make_schedu
 Partitioner = gin.external_configurable(partitioning.Partitioner, "Partitioner")
 rules_2d = gin.external_configurable(partitioning.rules_2d, "rules_2d")
 
-_registered: dict[str, Any] = {}
+_registered: dict[str, Callable[..., Any]] = {}
 
 
-def configurable(fn: Any, name: str) -> Any:
+def configurable(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     """Registers an entry point's library function under `name` once; returns the gin wrapper."""
     if name not in _registered:
         _registered[name] = gin.external_configurable(fn, name)
     return _registered[name]
-
-
-def register_entry_points() -> dict[str, Any]:
-    """Registers train / evaluate_checkpoint / infer_checkpoint (for parsing any run file)."""
-    from distill import eval as eval_lib
-    from distill import infer as infer_lib
-    from distill import train as train_lib
-
-    return {
-        "train": configurable(train_lib.train, "train"),
-        "evaluate_checkpoint": configurable(eval_lib.evaluate_checkpoint, "evaluate_checkpoint"),
-        "infer_checkpoint": configurable(infer_lib.infer_checkpoint, "infer_checkpoint"),
-    }
 
 
 # ----------------------------------------------------------------------------
@@ -121,13 +111,16 @@ class _QuietSearch(logging.Filter):
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], extra_search_paths: Sequence[str] = (),
-              *, skip_unknown: bool = False) -> None:
+              *, entry_points: Mapping[str, Callable[..., Any]] | None = None, skip_unknown: bool = False) -> None:
     """Clears gin and parses the files then the bindings.
 
+    entry_points: {gin name: library function} the files configure (e.g.
+    {"train": distill.train.train}), registered before parsing.
     Any gin error (missing file, syntax error, unknown configurable or
     parameter) becomes a UserError naming the file or binding and the fix.
     """
-    register_entry_points()
+    for name, fn in (entry_points or {}).items():
+        configurable(fn, name)
     gin.clear_config()
     # Our folders go BEFORE gin's implicit '' (the working directory): gin also
     # tries every relative path as a Python package, which crashes on a
@@ -182,9 +175,10 @@ def _one_line(err: BaseException) -> str:
     return " | ".join(lines) if lines else type(err).__name__
 
 
-def run_entry_point(prog: str, argv: Sequence[str] | None, entry: str, *, default_gin_file: str | None = None,
-                    checkpoint_flag: bool = False, pass_config_text: bool = False) -> tuple[int, Any]:
-    """Flags -> gin -> the `entry` configurable; returns (exit code, its result).
+def run_entry_point(prog: str, argv: Sequence[str] | None, entry: Callable[..., Any], *, name: str,
+                    default_gin_file: str | None = None, checkpoint_flag: bool = False,
+                    pass_config_text: bool = False) -> tuple[int, Any]:
+    """Flags -> gin -> `entry` (registered as the configurable `name`); returns (exit code, its result).
 
     A UserError anywhere (flags, gin files, required macros, the run's own
     checks) is printed as one `error: ...` line and gives exit code 2.
@@ -208,10 +202,10 @@ def run_entry_point(prog: str, argv: Sequence[str] | None, entry: str, *, defaul
         bindings = list(flag_values.gin_bindings)
         if checkpoint_flag and flag_values.checkpoint:
             bindings.append(f"CHECKPOINT_PATH = {flag_values.checkpoint!r}")
-        parse_gin(gin_files, bindings, flag_values.gin_search_paths)
+        parse_gin(gin_files, bindings, flag_values.gin_search_paths, entry_points={name: entry})
         check_required_macros()
         kwargs = {"config_text": gin.config_str()} if pass_config_text else {}
-        return 0, register_entry_points()[entry](**kwargs)
+        return 0, configurable(entry, name)(**kwargs)
     except UserError as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2, None

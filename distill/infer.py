@@ -10,7 +10,6 @@ splits without gold labels.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -39,14 +38,15 @@ def infer_checkpoint(
     """
     from distill import input_pipeline
     from distill.eval import load_run
-    from distill.atomic import write_atomically
-    from distill.predict import decode_texts
+    from distill.jsonl import write_jsonl
+    from distill.predict import decode_ids
+    from distill.run_dir import predictions_path
 
     if task not in TASKS:
         raise UserError(f"TASK={task!r} must be one of {', '.join(TASKS)}")
     if output_file and not os.path.isdir(os.path.dirname(os.path.abspath(output_file))):
         raise UserError(f"the folder of OUTPUT_FILE {output_file} does not exist")
-    run = load_run(checkpoint_path, data_dir=data_dir)
+    run, vocabulary = load_run(checkpoint_path, data_dir=data_dir)
     info = run.run_info
     task_name = info["label_task"] if task == "label" else info.get("rationale_task")
     if not task_name:
@@ -55,13 +55,11 @@ def infer_checkpoint(
     if max_decode_length is None:
         max_decode_length = 64 if task == "label" else lengths["targets"]
     examples = input_pipeline.eval_examples(task_name, split, max_examples=max_examples)
-    predictions = decode_texts(run.config, run.params, run.vocabulary, [e.input for e in examples],
+    predictions = decode_ids(run.config, run.params, vocabulary, [e.input_ids for e in examples],
                                batch_size=batch_size, max_input_length=lengths["inputs"], method=decode_method,
                                num_beams=num_beams, max_decode_length=max_decode_length)
-    path = output_file or os.path.join(run.model_dir, "predictions", f"infer_{task}_{split}_step{run.step}.jsonl")
-    lines = [json.dumps({"input": e.input, "target": e.target, "prediction": p}, ensure_ascii=False)
-             for e, p in zip(examples, predictions)]
-    write_atomically(path, "".join(line + "\n" for line in lines))
+    path = output_file or predictions_path(run.model_dir, f"infer_{task}_{split}_step{run.step}.jsonl")
+    write_jsonl(path, input_pipeline.prediction_records(examples, predictions))
     return path
 
 
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     """`distill infer --checkpoint DIR [--gin_file ...] [--gin.NAME=VALUE ...]`."""
     from distill import gin_bindings
 
-    code, result = gin_bindings.run_entry_point("distill infer", argv, "infer_checkpoint",
+    code, result = gin_bindings.run_entry_point("distill infer", argv, infer_checkpoint, name="infer_checkpoint",
                                                 default_gin_file="runs/infer.gin", checkpoint_flag=True)
     if code:
         return code
@@ -78,6 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from distill import infer as _infer_module  # run the importable copy, not __main__'s
+    from distill import cli
 
-    sys.exit(_infer_module.main())
+    sys.exit(cli.main(["infer", *sys.argv[1:]]))

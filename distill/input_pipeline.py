@@ -17,7 +17,7 @@ This is the one module of the training half that imports seqio/TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,9 +123,10 @@ def get_provider(name: str):
 
 @dataclasses.dataclass(frozen=True)
 class EvalExample:
-    """One evaluation example: model input text (with its task prefix) and gold target."""
+    """One evaluation example: input text (with its task prefix), its token ids (with EOS), gold target."""
 
     input: str
+    input_ids: tuple[int, ...]
     target: str
 
 
@@ -133,7 +134,8 @@ def eval_examples(task_name: str, split: str, *, max_examples: int | None = None
     """The task's `split` in file order, as (input text, target text) pairs.
 
     Text comes from seqio's `*_pretokenized` features, i.e. after the task's
-    text preprocessors (the `[label] ` prefix is already there).
+    text preprocessors (the `[label] ` prefix is already there); the ids are
+    seqio's own tokenization of it, so decoding does not tokenize again.
     """
     task = get_provider(task_name)
     if split not in task.splits:
@@ -143,8 +145,15 @@ def eval_examples(task_name: str, split: str, *, max_examples: int | None = None
         ds = ds.take(max_examples)
     out = []
     for ex in ds.as_numpy_iterator():
-        out.append(EvalExample(input=_text(ex["inputs_pretokenized"]), target=_text(ex["targets_pretokenized"])))
+        out.append(EvalExample(input=_text(ex["inputs_pretokenized"]), input_ids=tuple(int(i) for i in ex["inputs"]),
+                               target=_text(ex["targets_pretokenized"])))
     return out
+
+
+def prediction_records(examples: Sequence[EvalExample], predictions: Sequence[str]) -> Iterator[dict[str, str]]:
+    """The predictions-file records {"input", "target", "prediction"} (evaluation and `distill infer`)."""
+    for example, prediction in zip(examples, predictions):
+        yield {"input": example.input, "target": example.target, "prediction": prediction}
 
 
 def _text(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""The step-by-step multi-task loss (DESIGN.md section 1).
+"""The step-by-step multi-task loss: alpha * label-task mean CE + (1 - alpha) * rationale-task mean CE.
 
     L = alpha * mean CE over label-task target tokens
       + (1 - alpha) * mean CE over rationale-task target tokens
@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+# Task ids, the one definition: examples carry them (distill/tasks.py), the feature converter
+# spreads them over target tokens, the loss splits on them.
 LABEL_TASK = 0
 RATIONALE_TASK = 1
 

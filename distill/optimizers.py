@@ -43,6 +43,11 @@ def make_schedule(
     """
     if schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+    if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool):
+        raise UserError(f"learning_rate={learning_rate!r} must be a number (--gin.LEARNING_RATE=5e-5)")
+    for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise UserError(f"{name}={value!r} must be an integer (e.g. --gin.TRAIN_STEPS=1000, not a string)")
     if warmup_steps < 0:
         raise UserError(f"warmup_steps={warmup_steps} is negative: use 0 or more")
     if schedule in ("linear_decay", "cosine") and (total_steps is None or total_steps <= warmup_steps):
@@ -111,6 +116,8 @@ def make_optimizer(
     """
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    if learning_rate is not None and (not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool)):
+        raise UserError(f"learning_rate={learning_rate!r} must be a number (--gin.LEARNING_RATE=5e-5)")
     lr = DEFAULT_LEARNING_RATE[name] if learning_rate is None else float(learning_rate)
     if lr <= 0:
         raise UserError(f"learning_rate={learning_rate} must be positive")

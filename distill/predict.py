@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -36,7 +33,9 @@ from flax import linen as nn
 
 from distill import decoding
 from distill.errors import UserError
+from distill.jsonl import read_jsonl, write_jsonl
 from distill.models.t5 import T5, T5Config, init_cache
+from distill.run_dir import load_trained
 
 TASK_PREFIXES = {"label": "[label] ", "rationale": "[rationale] ", "none": ""}
 METHODS = ("greedy", "beam", "sample")
@@ -214,26 +213,46 @@ def decode_texts(
     *,
     batch_size: int = 32,
     max_input_length: int = 512,
+    **options: Any,
+) -> list[str]:
+    """Predictions for `texts`, in order: each text is tokenized, then `decode_ids` runs.
+
+    `options` (method, num_beams, max_decode_length, length_penalty, rng,
+    temperature, top_k, top_p) go to `decode_ids`.
+    """
+    encoded = [list(vocabulary.encode(text)) for text in texts]
+    return decode_ids(config, params, vocabulary, encoded, batch_size=batch_size, max_input_length=max_input_length,
+                      **options)
+
+
+def decode_ids(
+    config: T5Config,
+    params: Any,
+    vocabulary: Vocabulary,
+    inputs: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 32,
+    max_input_length: int = 512,
     method: str = "greedy",
     num_beams: int = 4,
     max_decode_length: int = 64,
     length_penalty: float = 1.0,
     **sampling: Any,
 ) -> list[str]:
-    """Predictions for `texts`, in order.
+    """Predictions for already tokenized inputs (with or without a final EOS), in order.
 
-    Each text is tokenized, cut to max_input_length - 1 tokens and given EOS (as
-    seqio and HF do for T5 inputs). Texts are sorted by length and batched;
-    batch shapes are rounded up to powers of two (rows up to batch_size, columns
-    up to max_input_length) so repeated calls reuse a few compiled programs.
+    Each input is cut to max_input_length - 1 tokens and given EOS (as seqio
+    and HF do for T5 inputs). Inputs are sorted by length and batched; batch
+    shapes are rounded up to powers of two (rows up to batch_size, columns up
+    to max_input_length) so repeated calls reuse a few compiled programs.
     `sampling` (rng, temperature, top_k, top_p) goes to `predict_batch`.
     """
     if batch_size < 1 or max_input_length < 2:
         raise UserError(f"need batch_size >= 1 and max_input_length >= 2, got {batch_size}, {max_input_length}")
     eos, pad = config.eos_token_id, config.pad_token_id
-    encoded = [list(vocabulary.encode(text))[: max_input_length - 1] + [eos] for text in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    predictions: list[str] = [""] * len(texts)
+    encoded = [_with_eos(list(ids), eos, max_input_length) for ids in inputs]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    predictions: list[str] = [""] * len(encoded)
     params = _plain_params(params)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -254,53 +273,11 @@ def decode_texts(
     return predictions
 
 
-# ----------------------------------------------------------------------------
-# Loading a checkpoint for prediction
-# ----------------------------------------------------------------------------
-
-
-def _sentencepiece(path: Path) -> Vocabulary:
-    import sentencepiece
-
-    try:
-        return sentencepiece.SentencePieceProcessor(model_file=str(path))
-    except (OSError, RuntimeError) as err:
-        raise UserError(f"cannot read SentencePiece model {path}: {err}") from None
-
-
-def load_for_prediction(checkpoint: str) -> tuple[T5Config, Any, Vocabulary]:
-    """(config, params, vocabulary) from a checkpoint on disk.
-
-    `checkpoint` is a Hugging Face T5 directory (config.json, weights and
-    spiece.model), a training model dir (run.json; its latest finished step)
-    or one `<model_dir>/checkpoints/<step>` folder. The vocabulary of a
-    training run is the one named in run.json, else `<model_dir>/vocab/spm.model`.
-    """
-    path = Path(checkpoint)
-    if not path.exists():
-        raise UserError(f"checkpoint {checkpoint} does not exist; pass a Hugging Face T5 directory, a model dir "
-                        "or <model_dir>/checkpoints/<step>")
-    if (path / "config.json").is_file():
-        tokenizer = path / "spiece.model"
-        if not tokenizer.is_file():
-            raise UserError(f"no SentencePiece tokenizer in {checkpoint}: expected {tokenizer} "
-                            "(copy the model's spiece.model there)")
-        from distill.models.checkpoints import load_hf_checkpoint
-
-        config, params = load_hf_checkpoint(str(path))
-        return config, params, _sentencepiece(tokenizer)
-    return _load_training_run(path)
-
-
-def _load_training_run(path: Path) -> tuple[T5Config, Any, Vocabulary]:
-    """A training model dir or step checkpoint, with the run's SentencePiece vocabulary."""
-    from distill.models.export import load_training_checkpoint
-
-    config, params, tokenizer = load_training_checkpoint(path)
-    if tokenizer is None:
-        raise UserError(f"no vocabulary for {path}: run.json names none and there is no vocab/spm.model "
-                        "in the model dir; copy the run's SentencePiece model to <model_dir>/vocab/spm.model")
-    return config, params, _sentencepiece(tokenizer)
+def _with_eos(ids: list[int], eos: int, max_length: int) -> list[int]:
+    """ids without a trailing EOS, cut to max_length - 1, then EOS."""
+    if ids and ids[-1] == eos:
+        ids = ids[:-1]
+    return ids[: max_length - 1] + [eos]
 
 
 # ----------------------------------------------------------------------------
@@ -308,42 +285,14 @@ def _load_training_run(path: Path) -> tuple[T5Config, Any, Vocabulary]:
 # ----------------------------------------------------------------------------
 
 
-def _read_inputs(path: str) -> list[dict]:
-    """The JSON records of an input file; blank lines are skipped, anything else must be {"input": str, ...}."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"input file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read input file {path}: {err}") from None
+def read_inputs(path: str) -> list[dict]:
+    """The records of a JSONL input file; each must be {"input": str, ...} (blank lines skipped)."""
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be an object "
-                            'like {"input": "..."}') from None
-        if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+    for number, record in read_jsonl(path, hint="pass an existing --input-file"):
+        if not isinstance(record.get("input"), str):
             raise UserError(f'{path}:{number}: expected an object with a string "input" field')
         records.append(record)
     return records
-
-
-def _write_jsonl_atomically(path: str, records: list[dict]) -> None:
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise UserError(f"output directory {target.parent} does not exist")
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -374,11 +323,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    records = _read_inputs(args.input_file) if args.input_file else [{"input": args.input}]
+    records = read_inputs(args.input_file) if args.input_file else [{"input": args.input}]
     if args.output_file:  # Fail before loading the model, not after decoding.
         if not Path(args.output_file).parent.is_dir():
             raise UserError(f"output directory {Path(args.output_file).parent} does not exist")
-    config, params, vocabulary = load_for_prediction(args.checkpoint)
+    trained = load_trained(args.checkpoint, require_tokenizer=True)
+    config, params, vocabulary = trained.config, trained.params, trained.tokenizer()
     prefix = TASK_PREFIXES[args.task]
     predictions = decode_texts(
         config, params, vocabulary, [prefix + record["input"] for record in records],
@@ -389,10 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.input_file:
         print(predictions[0])
         return 0
-    _write_jsonl_atomically(args.output_file, [{**r, "prediction": p} for r, p in zip(records, predictions)])
+    write_jsonl(args.output_file, ({**r, "prediction": p} for r, p in zip(records, predictions)))
     print(f"wrote {len(records)} predictions to {args.output_file}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from distill import cli
+
+    sys.exit(cli.main(["predict", *sys.argv[1:]]))

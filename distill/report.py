@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -172,9 +173,9 @@ def markdown_table(summaries: Sequence[Summary], teacher: dict[str, float] | Non
 
 def _save(figure, path: str, series: dict[str, list[str]]) -> None:
     """Saves a PNG atomically with the plotted series' labels in its text chunk."""
-    tmp = f"{path}.tmp.png"
-    figure.savefig(tmp, dpi=100, metadata={"Description": json.dumps(series)})
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100, metadata={"Description": json.dumps(series)})
+    write_atomically(path, png.getvalue())
 
 
 def _errorbar(axis, xs: list, summaries: list[Summary], label: str) -> None:

@@ -35,6 +35,8 @@ import time
 import traceback
 from typing import Callable, Iterable, Protocol, Sequence
 
+from distill import run_dir
+from distill.atomic import AtomicFile, write_atomically
 from distill.errors import UserError
 from distill.report import RESULT_COLUMNS
 
@@ -125,11 +127,12 @@ def train_with_gin(gin_files: list[str], bindings: list[str]) -> dict | None:
     import gin
 
     from distill import gin_bindings
+    from distill.train import train
 
-    gin_bindings.parse_gin(gin_files, bindings)
+    gin_bindings.parse_gin(gin_files, bindings, entry_points={"train": train})
     try:
         gin_bindings.check_required_macros()
-        return gin_bindings.register_entry_points()["train"](config_text=gin.config_str())
+        return gin_bindings.configurable(train, "train")(config_text=gin.config_str())
     finally:
         gin.clear_config()
 
@@ -139,9 +142,14 @@ def _read_json(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _metrics(model_dir: str) -> dict | None:
+    """The run's metrics.json (distill/run_dir.py's file), or None when absent or unreadable."""
+    return _read_json(os.path.join(model_dir, run_dir.METRICS_FILE))
 
 
 def run_record(model_dir: str) -> dict | None:
@@ -151,7 +159,7 @@ def run_record(model_dir: str) -> dict | None:
     being preempted: {"finished": true, "step", "train_seconds",
     "tokens_per_second"}; a metrics.json "finished" flag counts as well.
     """
-    metrics = _read_json(os.path.join(model_dir, "metrics.json"))
+    metrics = _metrics(model_dir)
     if metrics is None:
         return None
     return {**metrics, **(_read_json(os.path.join(model_dir, SWEEP_RECORD)) or {})}
@@ -171,7 +179,7 @@ def tokens_per_second_from_events(model_dir: str) -> float | None:
     import tensorflow as tf
 
     values = []
-    for path in sorted(glob.glob(os.path.join(model_dir, "events", "**", "events.out.tfevents.*"), recursive=True)):
+    for path in sorted(glob.glob(os.path.join(model_dir, run_dir.EVENTS_DIR, "**", "events.out.tfevents.*"), recursive=True)):
         try:
             for event in tf.compat.v1.train.summary_iterator(path):
                 values += [v.simple_value for v in event.summary.value if v.tag == "perf/tokens_per_sec"]
@@ -182,7 +190,7 @@ def tokens_per_second_from_events(model_dir: str) -> float | None:
 
 
 def _write_record(model_dir: str, result: dict | None, train_seconds: float) -> None:
-    metrics = _read_json(os.path.join(model_dir, "metrics.json")) or {}
+    metrics = _metrics(model_dir) or {}
     result = result or {}
     record = {
         "finished": True,
@@ -192,10 +200,7 @@ def _write_record(model_dir: str, result: dict | None, train_seconds: float) -> 
     }
     if record["tokens_per_second"] is None:
         record["tokens_per_second"] = tokens_per_second_from_events(model_dir)
-    tmp = os.path.join(model_dir, SWEEP_RECORD + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1)
-    os.replace(tmp, os.path.join(model_dir, SWEEP_RECORD))
+    write_atomically(os.path.join(model_dir, SWEEP_RECORD), json.dumps(record, indent=1))
 
 
 def result_row(point: GridPoint, model_dir: str, record: dict) -> dict:
@@ -212,12 +217,10 @@ def result_row(point: GridPoint, model_dir: str, record: dict) -> dict:
 
 def write_results(rows: Iterable[dict], path: str) -> None:
     """results.csv, written to a temp file and renamed so a reader never sees half a table."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with AtomicFile(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -259,8 +262,7 @@ def run_sweep(points: Sequence[GridPoint], sweep_dir: str, *, models: dict[str, 
             raise
         except Exception:  # One broken run must not lose the rest of a long sweep.
             os.makedirs(model_dir, exist_ok=True)
-            with open(os.path.join(model_dir, "error.txt"), "w", encoding="utf-8") as handle:
-                handle.write(traceback.format_exc())
+            write_atomically(os.path.join(model_dir, "error.txt"), traceback.format_exc())
             outcome.failed.append(point.run_name)
             log(f"[{index}/{len(points)}] {point.run_name}: FAILED, see {model_dir}/error.txt")
             continue
@@ -269,12 +271,13 @@ def run_sweep(points: Sequence[GridPoint], sweep_dir: str, *, models: dict[str, 
             log(f"[{index}/{len(points)}] {point.run_name}: stopped early (SIGTERM); rerun the sweep to resume")
             outcome.failed.append(point.run_name)
             break
-        if _read_json(os.path.join(model_dir, "metrics.json")) is not None:
+        if _metrics(model_dir) is not None:
             _write_record(model_dir, result, seconds)
         record = run_record(model_dir)
         if not is_finished(record, steps):
             outcome.failed.append(point.run_name)
-            log(f"[{index}/{len(points)}] {point.run_name}: FAILED, no test accuracy in {model_dir}/metrics.json")
+            log(f"[{index}/{len(points)}] {point.run_name}: FAILED, no test accuracy in "
+                f"{os.path.join(model_dir, run_dir.METRICS_FILE)}")
             continue
         outcome.trained.append(point.run_name)
         log(f"[{index}/{len(points)}] {point.run_name}: test accuracy {record['test_accuracy']:.3f} ({seconds:.0f} s)")

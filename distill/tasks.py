@@ -33,11 +33,10 @@ file sharding via `seqio.ShardInfo` on multi-host runs); without it, from
 `distill.data.datasets.load_examples` through a `seqio.FunctionDataSource`.
 Both give the same examples (tests/test_tfds_build.py checks it).
 
-Importing this module registers the tasks of every dataset found under
-`$DISTILL_DATA_DIR` with the vocabulary `$DISTILL_VOCABULARY` (default: the
-public T5 vocabulary, loaded lazily on first use) and the prepared TFDS
-datasets under `$DISTILL_TFDS_DIR` when present. Import reads no data, needs
-no network and never raises: problems are logged and registration skipped.
+Importing this module registers nothing; `register_from_environment` (run
+by importing distill/registered_tasks.py, the module T5X's
+MIXTURE_OR_TASK_MODULE names) registers every dataset found under
+`$DISTILL_DATA_DIR`.
 """
 from __future__ import annotations
 
@@ -54,7 +53,8 @@ import tensorflow as tf
 
 from distill.data import tfds_builder
 from distill.errors import UserError
-from distill.feature_converters import LABEL_TASK_ID, RATIONALE_TASK_ID, TASK_ID_FEATURE
+from distill.feature_converters import TASK_ID_FEATURE
+from distill.losses import LABEL_TASK, RATIONALE_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +93,9 @@ class MixtureConfig:
 def task_configs(label_prefix: str = "[label] ", rationale_prefix: str = "[rationale] ") -> tuple[TaskConfig, ...]:
     """The three tasks of the method (see the module docstring)."""
     return (
-        TaskConfig("label_gt", LABEL_TASK_ID, label_prefix, "label", "label", with_metrics=True),
-        TaskConfig("label_llm", LABEL_TASK_ID, label_prefix, "teacher_label", "label", with_metrics=True),
-        TaskConfig("rationale", RATIONALE_TASK_ID, rationale_prefix, "rationale", "rationale", with_metrics=False),
+        TaskConfig("label_gt", LABEL_TASK, label_prefix, "label", "label", with_metrics=True),
+        TaskConfig("label_llm", LABEL_TASK, label_prefix, "teacher_label", "label", with_metrics=True),
+        TaskConfig("rationale", RATIONALE_TASK, rationale_prefix, "rationale", "rationale", with_metrics=False),
     )
 
 
@@ -351,7 +351,7 @@ def _prepared(tfds_dir: str | None, name: str) -> str | None:
 
 
 def register_from_environment(environ: Mapping[str, str] = os.environ) -> list[str]:
-    """What `import distill.tasks` does: register every dataset under $DISTILL_DATA_DIR.
+    """Registers every dataset under $DISTILL_DATA_DIR (what `import distill.registered_tasks` does).
 
     Never raises (a broken setup must not break importing the module): logs a
     warning and registers what it can.
@@ -375,5 +375,3 @@ def register_from_environment(environ: Mapping[str, str] = os.environ) -> list[s
         logger.warning("registering distill tasks from DISTILL_DATA_DIR=%s failed: %s", data_dir, err)
     return names
 
-
-REGISTERED = register_from_environment()

@@ -12,8 +12,8 @@ stops cleanly on SIGTERM. Relaunching the same command resumes; a run killed
 with -9 and relaunched ends with the same parameters as an uninterrupted one
 (same data order, same dropout keys, same optimizer state).
 
-Model dir layout: checkpoints/<step>, events/ (TensorBoard), predictions/,
-metrics.json, run.json (what eval/infer need), config.gin, vocab/.
+The model dir's layout (checkpoints/<step>, events/, predictions/,
+metrics.json, run.json, config.gin, vocab/) is owned by distill/run_dir.py.
 """
 from __future__ import annotations
 
@@ -21,12 +21,17 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from distill import run_dir
 from distill.errors import UserError
 
-RUN_FILE = "run.json"
-VOCAB_FILE = os.path.join("vocab", "spm.model")
+if TYPE_CHECKING:
+    import optax
+
+    from distill.models.t5 import T5Config
+    from distill.partitioning import Partitioner
+    from distill.trainer import Trainer
 # T5Config fields that decide parameter shapes (a checkpoint must agree on them).
 SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
                 "num_decoder_layers", "relative_attention_num_buckets", "feed_forward_proj",
@@ -41,10 +46,10 @@ def train(
     task_feature_lengths: Mapping[str, int],
     train_steps: int,
     batch_size: int,
-    model_config: Any,
-    optimizer: Any,
-    partitioner: Any = None,
-    learning_rate_fn: Callable[[Any], Any] | None = None,
+    model_config: "T5Config",
+    optimizer: "optax.GradientTransformation",
+    partitioner: "Partitioner | None" = None,
+    learning_rate_fn: Callable[[int], float] | None = None,
     alpha: float = 0.5,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
@@ -72,7 +77,7 @@ def train(
     peak_flops: float | None = None,
     config_text: str | None = None,
 ) -> dict[str, Any]:
-    """Trains (or resumes) a run in `model_dir`; returns the final metrics.json content.
+    """Trains (or resumes) a run in `model_dir`; returns the metrics.json content it wrote, plus step/preempted.
 
     Args (gin macro in brackets, see gin_configs/runs/train.gin):
       model_dir [MODEL_DIR]: output folder; an existing run there is resumed.
@@ -100,12 +105,13 @@ def train(
 
     from distill import checkpointing, flops, input_pipeline
     from distill.atomic import write_atomically
+    from distill.data.datasets import resolve_data_dir
     from distill.evaluation import EvalSettings, Evaluator
     from distill.metric_writer import MetricWriter
     from distill.partitioning import Partitioner
     from distill.tasks import MIXTURES, register_tasks, task_configs
     from distill.trainer import Trainer
-    from distill.vocab import load_vocabulary
+    from distill.vocab import check_fits, load_vocabulary
 
     # ------------------------------------------------------------ check inputs
     if "://" not in model_dir:
@@ -117,12 +123,12 @@ def train(
     for name, value in (("eval_period", eval_period), ("checkpoint_period", checkpoint_period)):
         if not isinstance(value, int) or value < 0:
             raise UserError(f"{name}={value!r} must be an integer >= 0 (0 = only at the end)")
-    data_dir = _check_data(dataset, data_dir)
+    data_dir = resolve_data_dir(data_dir, dataset=dataset)
     partitioner = partitioner if partitioner is not None else Partitioner()
     partitioner.check_batch_size(batch_size)
     shard = partitioner.input_shard()
     primary = jax.process_index() == 0
-    run_info = _read_run_file(model_dir)
+    run_info = run_dir.read_run(model_dir)
     if run_info:
         _check_same_shapes(model_config, run_info.get("model_config", {}), f"{model_dir} holds a run with")
     initial = _inspect_initial_checkpoint(initial_checkpoint_path, model_config)
@@ -136,10 +142,9 @@ def train(
     vocab_path = _resolve_vocabulary(vocabulary_path, initial, model_dir, run_info, dataset, data_dir,
                                      vocabulary_size or model_config.vocab_size, primary)
     vocabulary = load_vocabulary(vocab_path)
-    if vocabulary.vocab_size > model_config.vocab_size:
-        raise UserError(f"vocabulary {vocab_path} has {vocabulary.vocab_size} pieces but T5Config.vocab_size is "
-                        f"{model_config.vocab_size}: set --gin.VOCAB_SIZE={_round_up(vocabulary.vocab_size)} (or "
-                        "T5Config.vocab_size) or use a smaller vocabulary")
+    check_fits(vocabulary.vocab_size, model_config.vocab_size, vocab_path, "T5Config",
+               fix=f"set --gin.VOCAB_SIZE={_round_up(vocabulary.vocab_size)} (or T5Config.vocab_size) or use a "
+                   "smaller vocabulary")
     names = register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocabulary, train_fraction=train_fraction,
                            tfds_dir=tfds_dir)
     label_task, rationale_task = _eval_tasks(mixture_or_task_name, names)
@@ -159,14 +164,14 @@ def train(
                                               keep=keep_checkpoints, async_save=async_checkpointing)
     latest = manager.latest_step()
     if primary:
-        write_atomically(os.path.join(model_dir, RUN_FILE), json.dumps({
+        run_dir.write_run(model_dir, {
             "dataset": dataset, "data_dir": os.path.abspath(data_dir), "train_fraction": train_fraction,
             "mixture_or_task_name": mixture_or_task_name, "label_task": label_task,
             "rationale_task": rationale_task, "task_feature_lengths": lengths,
             "vocabulary_path": os.path.abspath(vocab_path), "model_config": _config_dict(model_config),
-        }, indent=2) + "\n")
+        })
         if config_text:
-            write_atomically(os.path.join(model_dir, "config.gin"), config_text)
+            write_atomically(os.path.join(model_dir, run_dir.CONFIG_FILE), config_text)
 
     position = 0
     if latest is not None:
@@ -175,7 +180,7 @@ def train(
         position = int(extra.get("position", 0))
         print(f"resuming {model_dir} from step {latest}", flush=True)
     elif initial is not None:
-        state = trainer.init_from_params(_load_initial_params(initial, trainer, partitioner))
+        state = trainer.init_from_params(_load_initial_params(initial, trainer))
     else:
         state = trainer.create_state()
     step = int(jax.device_get(state.step))
@@ -189,7 +194,7 @@ def train(
                               method=decode_method, num_beams=num_beams,
                               num_rationale_examples=num_rationale_examples,
                               rationale_max_decode_length=lengths["targets"], max_examples=eval_max_examples))
-    writer = MetricWriter(os.path.join(model_dir, "events"), total_steps=train_steps, peak_flops=peak_flops,
+    writer = MetricWriter(os.path.join(model_dir, run_dir.EVENTS_DIR), total_steps=train_steps, peak_flops=peak_flops,
                           enabled=primary)
 
     def run_eval(at_step: int) -> None:
@@ -200,7 +205,7 @@ def train(
     # ------------------------------------------------------------- train loop
     preempted = False
     with checkpointing.PreemptionGuard() as guard:
-        pending: list[tuple[Any, int]] = []
+        pending: list[dict[str, Any]] = []
         while step < train_steps:
             batch = next(data)
             input_tokens, target_tokens = input_pipeline.count_tokens(batch)
@@ -233,9 +238,7 @@ def train(
     writer.close()
     if preempted:
         print(f"stopped by SIGTERM at step {step}; checkpoint saved, relaunch to resume", flush=True)
-    from distill.evaluation import read_metrics_file
-
-    return {**read_metrics_file(model_dir), "preempted": preempted, "step": step}
+    return {**evaluator.metrics, "preempted": preempted, "step": step}
 
 
 # ----------------------------------------------------------------------------
@@ -254,68 +257,34 @@ def _check_lengths(task_feature_lengths: Any) -> dict[str, int]:
     return lengths
 
 
-def _check_data(dataset: str, data_dir: str | None) -> str:
-    """The resolved data dir; UserError for an unknown dataset or missing files."""
-    from distill.data import datasets
-
-    datasets.get_spec(dataset)
-    data_dir = datasets.resolve_data_dir(data_dir)
-    if dataset == "jsonl":
-        missing = [f for f in ("train.jsonl", "test.jsonl") if not os.path.isfile(os.path.join(data_dir, f))]
-    else:
-        missing = [] if dataset in datasets.available_datasets(data_dir) else [f"{dataset}/{dataset}_train.json"]
-    if missing:
-        raise UserError(f"no {dataset} data in {data_dir} (missing {missing[0]}); set DATA_DIR/--gin.DATA_DIR or "
-                        "$DISTILL_DATA_DIR to the folder holding it, or run `distill data download`")
-    return data_dir
-
-
-def _read_run_file(model_dir: str) -> dict[str, Any]:
-    path = os.path.join(model_dir, RUN_FILE)
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable ({err}); it describes the run in {model_dir}: restore it or "
-                        "use a new MODEL_DIR") from None
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
+def _config_dict(config: "T5Config") -> dict[str, Any]:
     import dataclasses
 
     return dataclasses.asdict(config)
 
 
-def _check_same_shapes(config: Any, other: Mapping[str, Any], what: str) -> None:
+def _check_same_shapes(config: "T5Config", other: Mapping[str, Any], what: str) -> None:
     for field in SHAPE_FIELDS:
         if field in other and other[field] != getattr(config, field):
             raise UserError(f"{what} {field}={other[field]!r} but this config has {field}={getattr(config, field)!r}: "
                             "use the same model gin file or a new MODEL_DIR")
 
 
-def _inspect_initial_checkpoint(path: str | None, config: Any) -> dict[str, Any] | None:
+def _inspect_initial_checkpoint(path: str | None, config: "T5Config") -> dict[str, Any] | None:
     """{"kind": "hf"|"run", "path": ...} after checking its shapes against `config`."""
     if not path:
         return None
     if not os.path.exists(path):
         raise UserError(f"INITIAL_CHECKPOINT_PATH {path} does not exist: give a Hugging Face T5 folder or a "
                         "distill model dir")
-    if os.path.isfile(os.path.join(path, "config.json")):
-        from distill.models.checkpoints import config_from_hf
+    if run_dir.is_hf_dir(path):
+        from distill.models.hf_checkpoints import config_from_hf, read_hf_config
 
-        try:
-            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-                hf_config = config_from_hf(json.load(f))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}/config.json is not JSON ({err})") from None
+        hf_config = config_from_hf(read_hf_config(path))
         _check_same_shapes(config, _config_dict(hf_config), f"INITIAL_CHECKPOINT_PATH {path} has")
         return {"kind": "hf", "path": path}
-    run_dir = path
-    while run_dir and not os.path.isfile(os.path.join(run_dir, RUN_FILE)) and os.path.dirname(run_dir) != run_dir:
-        run_dir = os.path.dirname(run_dir.rstrip("/"))
-    run_info = _read_run_file(run_dir) if run_dir else {}
+    model_dir = run_dir.find_model_dir(path)
+    run_info = run_dir.read_run(model_dir) if model_dir else {}
     if not run_info:
         raise UserError(f"INITIAL_CHECKPOINT_PATH {path} is neither a Hugging Face T5 folder (config.json) nor a "
                         "distill model dir (run.json)")
@@ -323,9 +292,9 @@ def _inspect_initial_checkpoint(path: str | None, config: Any) -> dict[str, Any]
     return {"kind": "run", "path": path, "vocabulary_path": run_info.get("vocabulary_path")}
 
 
-def _load_initial_params(initial: dict[str, Any], trainer: Any, partitioner: Any) -> Any:
+def _load_initial_params(initial: dict[str, Any], trainer: "Trainer") -> Any:
     if initial["kind"] == "hf":
-        from distill.models.checkpoints import load_hf_checkpoint
+        from distill.models.hf_checkpoints import load_hf_checkpoint
 
         _, params = load_hf_checkpoint(initial["path"])
         return params
@@ -344,7 +313,7 @@ def _resolve_vocabulary(vocabulary_path: str | None, initial: dict[str, Any] | N
         return os.path.join(initial["path"], "spiece.model")
     if initial and initial["kind"] == "run" and initial.get("vocabulary_path"):
         return initial["vocabulary_path"]
-    own = os.path.join(model_dir, VOCAB_FILE)
+    own = os.path.join(model_dir, run_dir.VOCAB_FILE)
     if os.path.isfile(own):
         return own
     if run_info.get("vocabulary_path") and os.path.isfile(run_info["vocabulary_path"]):
@@ -387,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m distill.train --gin_file=... --gin.MACRO=value` (also `distill train`)."""
     from distill import gin_bindings
 
-    code, result = gin_bindings.run_entry_point("distill train", argv, "train", pass_config_text=True)
+    code, result = gin_bindings.run_entry_point("distill train", argv, train, name="train", pass_config_text=True)
     if code:
         return code
     summary = {k: result[k] for k in ("step", "test_accuracy", "validation_accuracy") if k in result}
@@ -396,6 +365,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from distill import train as _train_module  # run the importable copy, not __main__'s
+    from distill import cli
 
-    sys.exit(_train_module.main())
+    sys.exit(cli.main(["train", *sys.argv[1:]]))

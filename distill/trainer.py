@@ -6,14 +6,17 @@
     state, metrics = trainer.train_step(state, numpy_batch)
     metrics = trainer.eval_step(state, numpy_batch)
 
-`train_step` and `eval_step` are pure functions of (state, batch) compiled
-once per batch layout (packed / unpacked) by `Partitioner.jit` with the state
-donated. Dropout keys are `fold_in(fold_in(PRNGKey(seed), step), microbatch)`:
+`train_step` and `eval_step` are module-level pure functions of (state,
+batch) and the model object (distill/models/student.py, which owns
+`loss_fn`); the Trainer compiles them once per batch layout (packed /
+unpacked) through `Partitioner.jit`, the one place they are jitted, with the
+state donated. Dropout keys are `fold_in(fold_in(PRNGKey(seed), step), microbatch)`:
 a resumed run draws exactly the masks an uninterrupted one would, and with
 JAX's partitionable threefry the masks do not depend on the mesh.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +29,8 @@ import optax
 
 from distill import losses
 from distill.errors import UserError
-from distill.models.t5 import T5, T5Config, init_params
+from distill.models.student import StudentModel
+from distill.models.t5 import T5Config, init_params
 from distill.partitioning import Partitioner
 
 Batch = Mapping[str, Any]
@@ -75,12 +79,9 @@ class Trainer:
         if num_microbatches < 1:
             raise UserError(f"num_microbatches={num_microbatches} must be at least 1")
         self.config = config
-        self.model = T5(config)
+        self.model = StudentModel(config=config, alpha=alpha, label_smoothing=label_smoothing, z_loss=z_loss)
         self.optimizer = optimizer
         self.partitioner = partitioner
-        self.alpha = alpha
-        self.label_smoothing = label_smoothing
-        self.z_loss = z_loss
         self.num_microbatches = num_microbatches
         self.seed = seed
         self._abstract: TrainState | None = None
@@ -174,78 +175,6 @@ class Trainer:
         jitted = self.partitioner.jit(init, (shardings.params,), shardings)
         return jitted(placed)
 
-    # ------------------------------------------------------------------ steps
-    def loss_fn(
-        self,
-        params: Any,
-        batch: Batch,
-        dropout_rng: jax.Array | None,
-        token_counts: Mapping[str, jax.Array] | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """(loss, per-task sums) of one (micro)batch; dropout on iff dropout_rng is given.
-
-        `token_counts` are the denominators of the per-task means (default: this
-        batch's counts; the global batch's under gradient accumulation).
-        """
-        logits = self.model.apply(
-            {"params": params},
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            encoder_segment_ids=batch.get("encoder_segment_ids"),
-            decoder_segment_ids=batch.get("decoder_segment_ids"),
-            enable_dropout=dropout_rng is not None,
-            rngs={"dropout": dropout_rng} if dropout_rng is not None else None,
-        )
-        sums = losses.loss_sums(
-            logits, batch, label_smoothing=self.label_smoothing, z_loss=self.z_loss
-        )
-        loss, _ = losses.loss_from_sums(sums, alpha=self.alpha, token_counts=token_counts)
-        return loss, sums
-
-    def _dropout_rng(self, step: jax.Array, microbatch: int | jax.Array) -> jax.Array | None:
-        if self.config.dropout_rate == 0.0:
-            return None
-        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), step)
-        return jax.random.fold_in(key, microbatch)
-
-    def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        counts = losses.task_token_counts(batch)
-        grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
-        n = self.num_microbatches
-        if n == 1:
-            (_, sums), grads = grad_fn(state.params, batch, self._dropout_rng(state.step, 0), counts)
-        else:
-            # Strided split: microbatch j holds rows j, j+n, j+2n, ... so each one
-            # stays spread over every data-parallel shard.
-            def split(x):
-                x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-                return nn.with_logical_constraint(x, (None, "batch", "length"))
-
-            micro = {k: split(v) for k, v in batch.items()}
-
-            def body(carry, inputs):
-                index, mb = inputs
-                (_, mb_sums), mb_grads = grad_fn(
-                    state.params, mb, self._dropout_rng(state.step, index), counts
-                )
-                return jax.tree.map(jnp.add, carry, (mb_grads, mb_sums)), None
-
-            zeros = (
-                jax.tree.map(jnp.zeros_like, state.params),
-                {k: jnp.zeros((), jnp.float32) for k in losses.SUM_KEYS},
-            )
-            (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(n), micro))
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        loss, metrics = losses.loss_from_sums(sums, alpha=self.alpha)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
-
-    def _eval_step(self, state: TrainState, batch: Batch) -> dict:
-        _, sums = self.loss_fn(state.params, batch, None)
-        return losses.loss_from_sums(sums, alpha=self.alpha)[1]
-
     def _prepare(self, batch: Batch) -> dict[str, jax.Array]:
         if not all(isinstance(v, jax.Array) for v in batch.values()):
             batch = self.partitioner.shard_batch(batch)
@@ -266,15 +195,17 @@ class Trainer:
             replicated = self.partitioner.replicated
             batch_sharding = self.partitioner.batch_sharding
             if kind == "train":
+                step = functools.partial(train_step, model=self.model, optimizer=self.optimizer,
+                                         num_microbatches=self.num_microbatches, seed=self.seed)
                 fn = self.partitioner.jit(
-                    self._train_step,
+                    step,
                     in_shardings=(shardings, batch_sharding),
                     out_shardings=(shardings, replicated),
                     donate_argnums=(0,),
                 )
             else:
                 fn = self.partitioner.jit(
-                    self._eval_step,
+                    functools.partial(eval_step, model=self.model),
                     in_shardings=(shardings, batch_sharding),
                     out_shardings=replicated,
                 )
@@ -298,6 +229,70 @@ class Trainer:
         """Loss metrics of `state` on a batch (no dropout, no update)."""
         batch = self._prepare(batch)
         return self._compiled_step("eval", frozenset(batch))(state, batch)
+
+
+# ----------------------------------------------------------------------------
+# The pure steps (compiled by Trainer through its Partitioner)
+# ----------------------------------------------------------------------------
+
+
+def dropout_rng(seed: int, step: jax.Array, microbatch: int | jax.Array, rate: float) -> jax.Array | None:
+    """fold_in(fold_in(PRNGKey(seed), step), microbatch), or None without dropout (resume-exact)."""
+    if rate == 0.0:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), microbatch)
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: StudentModel,
+    optimizer: optax.GradientTransformation,
+    num_microbatches: int = 1,
+    seed: int = 0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on a global batch: (new state, metrics).
+
+    Under gradient accumulation the batch is split in `num_microbatches`
+    strided microbatches (microbatch j holds rows j, j+n, ...: each stays
+    spread over every data-parallel shard) and every per-task mean keeps the
+    global batch's token counts as its denominator.
+    """
+    counts = losses.task_token_counts(batch)
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    rate = model.config.dropout_rate
+    n = num_microbatches
+    if n == 1:
+        (_, sums), grads = grad_fn(state.params, batch, dropout_rng(seed, state.step, 0, rate), counts)
+    else:
+        def split(x):
+            x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+            return nn.with_logical_constraint(x, (None, "batch", "length"))
+
+        micro = {k: split(v) for k, v in batch.items()}
+
+        def body(carry, inputs):
+            index, mb = inputs
+            (_, mb_sums), mb_grads = grad_fn(state.params, mb, dropout_rng(seed, state.step, index, rate), counts)
+            return jax.tree.map(jnp.add, carry, (mb_grads, mb_sums)), None
+
+        zeros = (
+            jax.tree.map(jnp.zeros_like, state.params),
+            {k: jnp.zeros((), jnp.float32) for k in losses.SUM_KEYS},
+        )
+        (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(n), micro))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    _, metrics = losses.loss_from_sums(sums, alpha=model.alpha)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(state: TrainState, batch: Batch, *, model: StudentModel) -> dict[str, jax.Array]:
+    """Loss metrics of `state` on a batch (no dropout, no update)."""
+    _, sums = model.loss_fn(state.params, batch, None)
+    return losses.loss_from_sums(sums, alpha=model.alpha)[1]
 
 
 def _check_same_tree(expected: Any, given: Any) -> None:

@@ -31,6 +31,7 @@ from distill.errors import UserError
 
 if TYPE_CHECKING:
     import seqio
+    import sentencepiece as spm
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 # The default task prefixes ("[label] ", "[rationale] ") as whole pieces.
@@ -71,11 +72,12 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def load_vocabulary(path: str) -> "seqio.SentencePieceVocabulary":
-    """The seqio vocabulary stored at `path` (a .model file or an HF checkpoint folder).
+def load_tokenizer(path: str) -> "spm.SentencePieceProcessor":
+    """The SentencePiece processor stored at `path` (a .model file or an HF checkpoint folder).
 
-    Reads the file once to check that it is a SentencePiece model with T5's
-    ids (pad 0, eos 1); a missing or foreign file is a `UserError` naming it.
+    Needs no TensorFlow (decoding and serving use it). Checks that it is a
+    SentencePiece model with T5's ids (pad 0, eos 1); a missing or foreign
+    file is a `UserError` naming it.
     """
     import sentencepiece as spm
 
@@ -90,9 +92,27 @@ def load_vocabulary(path: str) -> "seqio.SentencePieceVocabulary":
             f"vocabulary {model_file!r} has pad id {processor.pad_id()} and eos id {processor.eos_id()}; "
             f"the student needs T5's convention pad={PAD_ID} eos={EOS_ID} (train one with `distill vocab train`)"
         )
+    return processor
+
+
+def load_vocabulary(path: str) -> "seqio.SentencePieceVocabulary":
+    """The seqio vocabulary stored at `path`, after `load_tokenizer`'s checks (imports seqio)."""
+    load_tokenizer(path)
     import seqio
 
-    return seqio.SentencePieceVocabulary(model_file)
+    return seqio.SentencePieceVocabulary(_resolve_model_file(path))
+
+
+def check_fits(pieces: int, vocab_size: int, vocabulary: str, model: str,
+               fix: str = "use the tokenizer the model was trained with") -> None:
+    """UserError when a tokenizer has more pieces than the model has embedding rows.
+
+    Ids past the rows would index garbage (or clip silently on some
+    backends), so every entry point that encodes text for a model checks it.
+    """
+    if pieces > vocab_size:
+        raise UserError(f"vocabulary {vocabulary} has {pieces} pieces but the model {model} has only {vocab_size} "
+                        f"embedding rows (vocab_size): {fix}")
 
 
 def _write_atomically(data: bytes, out_path: str) -> None:
@@ -210,4 +230,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from distill import cli
+
+    sys.exit(cli.main(["vocab", "train", *sys.argv[1:]]))

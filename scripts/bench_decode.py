@@ -1,7 +1,7 @@
 """Decoding throughput: distill's compiled KV-cache decoder vs Hugging Face `generate`.
 
 Builds a random T5 of a given shape with transformers, saves it, loads the same
-weights into the Flax model (distill.models.checkpoints.load_hf_checkpoint),
+weights into the Flax model (distill.models.hf_checkpoints.load_hf_checkpoint),
 and decodes the same random batch with both, greedy and beam search, for a fixed
 number of new tokens (random weights rarely emit EOS, so both run to the
 length limit and do equal work; the mean generated length is printed to show it).
@@ -85,7 +85,7 @@ def _jax_decoder(args):
     import jax
     import numpy as np
 
-    from distill.models.checkpoints import load_hf_checkpoint
+    from distill.models.hf_checkpoints import load_hf_checkpoint
     from distill.predict import predict_batch
 
     config, params = load_hf_checkpoint(args.checkpoint)

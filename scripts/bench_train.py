@@ -132,9 +132,10 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
     from distill import gin_bindings, input_pipeline
     from distill.data import datasets
     from distill.tasks import register_tasks
+    from distill.train import train
     from distill.vocab import load_vocabulary, train_vocabulary_for_dataset
 
-    gin_bindings.parse_gin(gin_files, bindings)
+    gin_bindings.parse_gin(gin_files, bindings, entry_points={"train": train})
     macro = gin.query_parameter
     config = gin_bindings.T5Config()
     optimizer = gin_bindings.make_optimizer()

@@ -131,3 +131,69 @@ def test_corrupt_archive_is_refused(tmp_path):
     with pytest.raises(UserError, match="svamp_train.json' is corrupt"):
         download.download_datasets(str(tmp_path / "d"), archive=str(archive))
     assert not (tmp_path / "d" / "svamp").exists()
+
+
+@pytest.mark.parametrize("member", [
+    "datasets/svamp//{outside}/escaped.json",  # an absolute part after a double slash
+    "datasets/svamp/./svamp_valid.json",
+    "datasets/svamp/C:/escaped.json",
+    "datasets/svamp/a\\..\\escaped.json",
+])
+def test_member_paths_that_leave_the_target_are_refused(tmp_path, member):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    name = member.format(outside=str(outside).lstrip("/"))
+    archive, _ = _make_zip(tmp_path / "evil.zip", {"datasets/svamp/svamp_train.json": SVAMP_TRAIN,
+                                                   "datasets/svamp/svamp_test.json": SVAMP_TRAIN, name: "{}\n"})
+    data_dir = tmp_path / "data"
+    with pytest.raises(UserError, match="unsafe member path"):
+        download.unpack(str(archive), str(data_dir))
+    assert not list(outside.iterdir()) and not (data_dir / "svamp").exists()
+
+
+def test_zip_bombs_and_oversized_archives_are_refused(tmp_path):
+    big = "0" * (4 << 20)  # 4 MB of zeros compresses ~1000x
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        out.writestr("datasets/svamp/svamp_train.json", SVAMP_TRAIN)
+        out.writestr("datasets/svamp/svamp_test.json", big)
+    with pytest.raises(UserError, match="expands .*x, over the 200x limit"):
+        download.unpack(str(archive), str(tmp_path / "data"))
+    with pytest.raises(UserError, match="over the 1,000-byte limit"):
+        download.unpack(str(archive), str(tmp_path / "data"), max_unpacked_bytes=1000, max_compression_ratio=1e9)
+    assert download.unpack(str(archive), str(tmp_path / "data"), max_compression_ratio=1e9) == ["svamp"]
+
+
+def test_a_trickling_server_hits_the_deadline_and_leaves_nothing(tmp_path):
+    """A server sending one byte every 0.2 s never trips the per-read timeout; the deadline stops it."""
+    import time
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(UserError, match="unfinished after 1 s"):
+            download.download_datasets(str(tmp_path / "data"), url=f"http://127.0.0.1:{server.server_address[1]}/z",
+                                       timeout=5, deadline=1)
+        assert time.monotonic() - started < 10
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]

@@ -9,7 +9,8 @@ import pytest
 import runs_helpers as h
 from distill.cli import main as cli
 from distill.errors import UserError
-from distill.evaluation import read_metrics_file, update_metrics_file
+from distill.evaluation import with_step_results
+from distill.run_dir import read_metrics, write_metrics
 from distill.optimizers import make_optimizer
 
 
@@ -63,6 +64,12 @@ def test_bad_checkpoint_is_one_line(tmp_path, capsys, argv, message):
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
+def update_metrics_file(model_dir: str, **step_results) -> dict:
+    data = with_step_results(read_metrics(model_dir), **step_results)
+    write_metrics(model_dir, data)
+    return data
+
+
 def test_metrics_file_keeps_every_step_and_summarizes_the_latest(tmp_path):
     update_metrics_file(str(tmp_path), step=10, results={"test": {"accuracy": 0.25}, "validation": {"accuracy": 0.5}},
                         dataset="svamp", task="svamp_label_gt")
@@ -72,7 +79,7 @@ def test_metrics_file_keeps_every_step_and_summarizes_the_latest(tmp_path):
     assert list(data["evals"]) == ["10", "20"] and data["evals"]["10"]["validation"]["accuracy"] == 0.5
     update_metrics_file(str(tmp_path), step=5, results={"test": {"accuracy": 0.0}}, dataset="svamp",
                         task="svamp_label_gt")  # an older step (re-evaluation) does not move the summary
-    data = read_metrics_file(str(tmp_path))
+    data = read_metrics(str(tmp_path))
     assert data["test_accuracy"] == 0.75 and list(data["evals"]) == ["5", "10", "20"]
     assert sorted(os.listdir(tmp_path)) == ["metrics.json"]  # no temp files left behind
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from distill import cli
-from distill.models.checkpoints import load_hf_checkpoint
+from distill.models.hf_checkpoints import load_hf_checkpoint
 from distill.models.export import main
 from model_helpers import save_hf_t5
 
@@ -87,3 +87,17 @@ def test_export_of_a_training_checkpoint(hf_dir, tmp_path):
     _tree_equal(jax.tree.map(lambda x: np.asarray(x) + 1, params), exported_latest)
     assert (latest / "spiece.model").read_bytes() == b"trained vocabulary"
     assert json.loads((latest / "tokenizer_config.json").read_text())["extra_ids"] == 0
+
+
+def test_replace_dir_never_leaves_the_target_missing(tmp_path):
+    """The swap of a finished folder for an existing one is one step: no moment without the target."""
+    from distill.atomic import replace_dir
+
+    target, staging = tmp_path / "out", tmp_path / ".out.partial"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staging.mkdir()
+    (staging / "new.txt").write_text("new")
+    replace_dir(str(staging), str(target))
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

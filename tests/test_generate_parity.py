@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from model_helpers import VOCAB_SIZE, hf_t5_model  # noqa: E402
 
-from distill.models.checkpoints import load_hf_checkpoint  # noqa: E402
+from distill.models.hf_checkpoints import load_hf_checkpoint  # noqa: E402
 from distill.predict import predict_batch  # noqa: E402
 
 EOS = 1

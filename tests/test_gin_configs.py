@@ -7,8 +7,12 @@ import gin
 import pytest
 from gin import config_parser
 
-from distill import gin_bindings
+from distill import eval as eval_lib
+from distill import gin_bindings, infer, train
 from distill.errors import UserError
+
+ENTRY_POINTS = {"train": train.train, "evaluate_checkpoint": eval_lib.evaluate_checkpoint,
+                "infer_checkpoint": infer.infer_checkpoint}
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
 ALL_FILES = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.gin"))
@@ -17,6 +21,11 @@ T5X = [f for f in ALL_FILES if f.startswith("t5x/")]
 DATASETS = ("svamp", "cqa", "esnli", "anli1")
 METHODS = {"standard_gt": "label_gt", "standard_llm": "label_llm",
            "step_by_step_gt": "step_by_step_gt", "step_by_step_llm": "step_by_step_llm"}
+
+
+def parse_gin(files: list[str], bindings: list[str]) -> None:
+    """What an entry point does: its library function registered, then the files and bindings."""
+    gin_bindings.parse_gin(files, bindings, entry_points=ENTRY_POINTS)
 
 
 def test_every_gin_file_is_covered():
@@ -29,14 +38,14 @@ def test_every_gin_file_is_covered():
 
 @pytest.mark.parametrize("gin_file", OURS)
 def test_gin_file_parses(gin_file):
-    gin_bindings.parse_gin([gin_file], [])
+    parse_gin([gin_file], [])
     assert gin.config_str().strip()
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_experiment_binds_the_method(dataset, method):
-    gin_bindings.parse_gin([f"experiments/{dataset}/{method}_tiny.gin"], ["MODEL_DIR = 'unused'"])
+    parse_gin([f"experiments/{dataset}/{method}_tiny.gin"], ["MODEL_DIR = 'unused'"])
     assert gin.query_parameter("%DATASET") == dataset
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == f"{dataset}_{METHODS[method]}"
     assert gin.query_parameter("%ALPHA") == (1.0 if method.startswith("standard") else 0.5)
@@ -45,7 +54,7 @@ def test_experiment_binds_the_method(dataset, method):
     assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") is None
     gin_bindings.check_required_macros()  # everything but MODEL_DIR is set by the files
 
-    gin_bindings.parse_gin([f"experiments/{dataset}/{method}.gin"], [])
+    parse_gin([f"experiments/{dataset}/{method}.gin"], [])
     config = gin_bindings.T5Config()  # the paper's setting: T5 v1.1 base, AdamW 5e-5, 10k steps
     assert (config.d_model, config.num_encoder_layers, config.vocab_size) == (768, 12, 32128)
     assert gin.query_parameter("%LEARNING_RATE") == 5e-5 and gin.query_parameter("%TRAIN_STEPS") == 10000
@@ -55,7 +64,7 @@ def test_experiment_binds_the_method(dataset, method):
 
 
 def test_large_model_file_overrides_the_experiment_size():
-    gin_bindings.parse_gin(["experiments/cqa/step_by_step_gt.gin", "models/t5_1_1_large.gin"], [])
+    parse_gin(["experiments/cqa/step_by_step_gt.gin", "models/t5_1_1_large.gin"], [])
     config = gin_bindings.T5Config()
     assert (config.d_model, config.num_encoder_layers, config.d_ff) == (1024, 24, 2816)
 
@@ -101,7 +110,7 @@ def test_t5x_configs_are_well_formed_and_name_registered_tasks():
     assert set(names.values()) <= registered
     common = {s.selector: s.value for s in _statements(CONFIGS / "t5x/finetune_distill.gin")
               if isinstance(s, config_parser.BindingStatement) and not s.arg_name}
-    assert common["MIXTURE_OR_TASK_MODULE"] == "distill.tasks" and common["USE_CACHED_TASKS"] is False
+    assert common["MIXTURE_OR_TASK_MODULE"] == "distill.registered_tasks" and common["USE_CACHED_TASKS"] is False
 
 
 @pytest.mark.parametrize("files, bindings, message", [
@@ -112,7 +121,7 @@ def test_t5x_configs_are_well_formed_and_name_registered_tasks():
 ])
 def test_gin_errors_are_one_clear_line(files, bindings, message):
     with pytest.raises(UserError) as info:
-        gin_bindings.parse_gin(files, bindings)
+        parse_gin(files, bindings)
     text = str(info.value)
     assert message in text and "\n" not in text
 
@@ -122,3 +131,19 @@ def test_gin_shorthand_flags():
         "--gin_bindings=MODEL_DIR = 'x'", "--gin_file=a.gin"]
     with pytest.raises(UserError, match="no value"):
         gin_bindings.rewrite_gin_args(["--gin.TRAIN_STEPS"])
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("--gin.TRAIN_STEPS='many'", "total_steps='many' must be an integer"),
+    ("--gin.LEARNING_RATE='fast'", "learning_rate='fast' must be a number"),
+    ("--gin.T5Config.num_encoder_layers=100000000", "num_encoder_layers = 100000000 must be an integer from 1 to 256"),
+])
+def test_bad_gin_values_are_one_line_before_anything_runs(tmp_path, capsys, binding, message):
+    from distill import cli
+
+    argv = ["train", "--gin_file=experiments/svamp/step_by_step_gt_tiny.gin",
+            f"--gin.MODEL_DIR='{tmp_path / 'run'}'", binding]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ sentencepiece = pytest.importorskip("sentencepiece")
 from model_helpers import hf_t5_model  # noqa: E402
 
 from distill import cli, predict  # noqa: E402
+from distill.run_dir import load_trained  # noqa: E402
 
 EOS = 1
 MODEL_VOCAB = 128
@@ -104,7 +105,8 @@ def test_predict_reads_a_training_run_and_its_vocabulary(hf_dir, tmp_path, capsy
     from distill.checkpointing import CheckpointManager
 
     directory, _, _ = hf_dir
-    config, params, _ = predict.load_for_prediction(str(directory))
+    trained = load_trained(str(directory))
+    config, params = trained.config, trained.params
     model_dir = tmp_path / "run"
     manager = CheckpointManager(str(model_dir), save_every=1, async_save=False)
     manager.save(7, {"params": jax.device_put(params)}, {"position": 0})
@@ -124,7 +126,8 @@ def test_predict_reads_a_training_run_and_its_vocabulary(hf_dir, tmp_path, capsy
 
 def test_beam_decoder_matches_hf_beam_search(hf_dir):
     directory, model, vocab = hf_dir
-    config, params, loaded_vocab = predict.load_for_prediction(str(directory))
+    trained = load_trained(str(directory))
+    config, params, loaded_vocab = trained.config, trained.params, trained.tokenizer()
     texts = ["[rationale] a man is playing", "[label] three of seven"]
     ours = predict.decode_texts(config, params, loaded_vocab, texts, method="beam", num_beams=4,
                                 max_decode_length=NEW_TOKENS, batch_size=2)
@@ -158,3 +161,31 @@ def test_predict_errors_are_one_line_and_leave_outputs_alone(hf_dir, tmp_path, c
     (no_tokenizer / "config.json").write_text((directory / "config.json").read_text())
     code, err = run("--checkpoint", str(no_tokenizer), "--input", "x")
     assert code == 2 and "spiece.model" in err
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_before_decoding(hf_dir, tmp_path, capsys):
+    """A 200-piece tokenizer on a 128-row model would decode garbage: one line naming both, exit 2."""
+    directory, _, _ = hf_dir
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (mismatched / name).write_bytes((directory / name).read_bytes())
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 5 + [f"word{i} token{i}" for i in range(400)]),
+        model_prefix=str(mismatched / "spiece"), vocab_size=200, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        model_type="unigram", minloglevel=2)
+    assert cli.main(["predict", "--checkpoint", str(mismatched), "--input", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 200 pieces but the model" in err[0] and f"only {MODEL_VOCAB}" in err[0]
+
+
+def test_predict_reads_back_its_own_output_with_unicode_line_separators(hf_dir, tmp_path):
+    """U+2028 / U+2029 inside a string are written unescaped; the reader splits on \\n only."""
+    directory, _, _ = hf_dir
+    source, first, second = tmp_path / "in.jsonl", tmp_path / "out1.jsonl", tmp_path / "out2.jsonl"
+    source.write_text(json.dumps({"input": "three\u2028of\u2029seven"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    argv = ["--checkpoint", str(directory), "--max-decode-length", str(NEW_TOKENS)]
+    assert cli.main(["predict", *argv, "--input-file", str(source), "--output-file", str(first)]) == 0
+    assert cli.main(["predict", *argv, "--input-file", str(first), "--output-file", str(second)]) == 0
+    records = [json.loads(line) for line in second.read_text(encoding="utf-8").split("\n") if line]
+    assert len(records) == 1 and records[0]["input"] == "three\u2028of\u2029seven"

@@ -67,7 +67,7 @@ def encode(config: T5Config):
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def hf_pair(request, tmp_path_factory):
     """(variant, torch model, imported T5Config, imported params) for each architecture."""
-    from distill.models.checkpoints import load_hf_checkpoint
+    from distill.models.hf_checkpoints import load_hf_checkpoint
 
     directory = tmp_path_factory.mktemp(f"hf_{request.param}")
     model = save_hf_t5(directory, request.param, seed=1)
@@ -290,7 +290,7 @@ def test_config_rejects_unsupported_values_naming_the_field(field, value):
 
 
 def test_model_modules_import_without_tensorflow_or_torch():
-    code = ("import distill.models.t5, distill.models.checkpoints, sys; "
+    code = ("import distill.models.t5, distill.models.hf_checkpoints, sys; "
             "bad = [m for m in ('tensorflow', 'torch', 'transformers', 'seqio') if m in sys.modules]; "
             "assert not bad, bad")
     env = dict(os.environ, JAX_PLATFORMS="cpu")

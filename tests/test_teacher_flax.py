@@ -15,7 +15,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from distill.errors import UserError  # noqa: E402
-from distill.models.checkpoints import save_hf_checkpoint  # noqa: E402
+from distill.models.hf_checkpoints import save_hf_checkpoint  # noqa: E402
 from distill.models.t5 import T5Config, abstract_params  # noqa: E402
 from distill.teacher import prompts  # noqa: E402
 from distill.teacher.backends.base import SamplingParams  # noqa: E402

@@ -28,7 +28,7 @@ def initial_params(trainer):
 
 
 def _logits(trainer, params, batch):
-    apply = jax.jit(lambda p, b: trainer.model.apply(
+    apply = jax.jit(lambda p, b: trainer.model.network.apply(
         {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"],
         encoder_segment_ids=b.get("encoder_segment_ids"),
         decoder_segment_ids=b.get("decoder_segment_ids")), compiler_options=FAST_COMPILE)

@@ -43,12 +43,25 @@ def _check_data_dir(data_dir: str) -> str:
     return data_dir
 
 
-def resolve_data_dir(data_dir: str | None) -> str:
-    """data_dir, else $DISTILL_DATA_DIR; UserError when neither names an existing folder."""
+def resolve_data_dir(data_dir: str | None, *, dataset: str | None = None) -> str:
+    """data_dir, else $DISTILL_DATA_DIR, checked once here for every entry point.
+
+    UserError when neither names an existing folder, or (with `dataset`) when
+    the dataset is unknown or its train/test files are missing there.
+    """
     chosen = data_dir or os.environ.get(DATA_DIR_ENV)
     if not chosen:
-        raise UserError(f"no data dir given; pass --data-dir DIR or set {DATA_DIR_ENV}")
-    return _check_data_dir(chosen)
+        raise UserError(f"no data dir given; pass --data-dir DIR or set {DATA_DIR_ENV} (training: --gin.DATA_DIR)")
+    _check_data_dir(chosen)
+    if dataset is not None:
+        get_spec(dataset)
+        missing = [path for path in (split_path(dataset, chosen, split) for split in ("train", "test"))
+                   if not os.path.isfile(path)]
+        if missing:
+            raise UserError(f"no {dataset} data in {chosen} (missing {missing[0]}); set --data-dir / "
+                            f"--gin.DATA_DIR or ${DATA_DIR_ENV} to the folder holding it, or run "
+                            "`distill data download`")
+    return chosen
 
 
 def available_datasets(data_dir: str) -> list[str]:

@@ -27,13 +27,18 @@ import sys
 import tempfile
 import zipfile
 
+from distill.atomic import replace_dir, write_atomically
 from distill.errors import UserError
+from distill.safe_paths import check_relative, safe_join
 
 DATASETS_URL = "https://github.com/google-research/distilling-step-by-step/raw/main/datasets.zip"
 PINNED_SHA256: str | None = None
 PAPER_DATASETS = ("anli1", "cqa", "esnli", "svamp")
 MANIFEST = ".download.json"
 _SKIPPED_PREFIXES = ("__MACOSX/",)
+MAX_UNPACKED_BYTES = 2 << 30  # the paper's datasets.zip unpacks to about 0.5 GB
+MAX_COMPRESSION_RATIO = 200  # text JSON compresses ~10x; a zip bomb, 1000x
+MAX_DOWNLOAD_BYTES = 1 << 30  # the archive is about 40 MB
 
 
 def default_data_dir() -> str:
@@ -49,18 +54,35 @@ def existing_datasets(data_dir: str) -> list[str]:
     return [name for name in PAPER_DATASETS if os.path.isdir(os.path.join(data_dir, name))]
 
 
-def fetch(url: str, dest: str, *, timeout: float = 60.0) -> str:
-    """Streams url into dest; returns its sha256. Network failures become one-line UserErrors."""
+def fetch(url: str, dest: str, *, timeout: float = 60.0, deadline: float = 1800.0,
+          max_bytes: int = MAX_DOWNLOAD_BYTES) -> str:
+    """Streams url into dest; returns its sha256. Network failures become one-line UserErrors.
+
+    `timeout` bounds each read; `deadline` (seconds) the whole download, so
+    a server trickling a byte at a time cannot hold it forever; `max_bytes`
+    its size. Either limit removes the partial file (the caller's temp dir).
+    """
+    import time
+
     import httpx
 
     digest = hashlib.sha256()
+    start = time.monotonic()
+    received = 0
     try:
         with httpx.stream("GET", url, follow_redirects=True, timeout=timeout) as response:
             if response.status_code != 200:
                 raise UserError(f"{url}: HTTP {response.status_code}; check the URL (--url) or download "
                                 "datasets.zip by hand and pass --archive PATH")
             with open(dest, "wb") as handle:
-                for chunk in response.iter_bytes(1 << 20):
+                for chunk in response.iter_bytes():  # as it arrives, so the deadline is checked often
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise UserError(f"{url}: more than {max_bytes:,} bytes; not the paper's datasets.zip? "
+                                        "(--max-download-bytes raises the limit)")
+                    if time.monotonic() - start > deadline:
+                        raise UserError(f"{url}: download still unfinished after {deadline:g} s; "
+                                        "try again later or raise --deadline")
                     digest.update(chunk)
                     handle.write(chunk)
     except httpx.HTTPError as err:
@@ -89,9 +111,7 @@ def _dataset_members(archive: zipfile.ZipFile, source: str) -> dict[str, list[zi
         name = info.filename
         if name.startswith(_SKIPPED_PREFIXES) or info.is_dir():
             continue
-        parts = name.split("/")
-        if name.startswith("/") or ".." in parts or "\\" in name:
-            raise UserError(f"{source}: unsafe member path {name!r}; refusing to unpack this archive")
+        parts = check_relative(name, source)
         if parts[0] == "datasets":
             parts = parts[1:]
         if len(parts) >= 2:
@@ -108,7 +128,20 @@ def _relative(name: str, dataset: str) -> str:
     return name.split(f"{dataset}/", 1)[1]
 
 
-def unpack(archive_path: str, data_dir: str, *, force: bool = False) -> list[str]:
+def _check_sizes(members: list[zipfile.ZipInfo], source: str, max_bytes: int, max_ratio: float) -> None:
+    """UserError when the members would unpack past max_bytes or a member's ratio is a zip bomb's."""
+    total = sum(m.file_size for m in members)
+    if total > max_bytes:
+        raise UserError(f"{source}: unpacks to {total:,} bytes, over the {max_bytes:,}-byte limit; "
+                        "pass --max-unpacked-bytes to allow more")
+    for m in members:
+        if m.file_size > 1 << 20 and m.file_size > max_ratio * max(m.compress_size, 1):
+            raise UserError(f"{source}: member {m.filename!r} expands {m.file_size / max(m.compress_size, 1):.0f}x, "
+                            f"over the {max_ratio:g}x limit (a zip bomb?); pass --max-compression-ratio to allow it")
+
+
+def unpack(archive_path: str, data_dir: str, *, force: bool = False, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+           max_compression_ratio: float = MAX_COMPRESSION_RATIO) -> list[str]:
     """Verifies archive_path and moves its dataset folders into data_dir; returns their names.
 
     Everything is extracted into a temp folder inside data_dir first (same
@@ -125,6 +158,8 @@ def unpack(archive_path: str, data_dir: str, *, force: bool = False) -> list[str
         if bad is not None:
             raise UserError(f"{archive_path}: member {bad!r} is corrupt (CRC mismatch); download again")
         groups = _dataset_members(archive, archive_path)
+        _check_sizes([m for members in groups.values() for m in members], archive_path, max_unpacked_bytes,
+                     max_compression_ratio)
         clashes = [name for name in groups if os.path.exists(os.path.join(data_dir, name))]
         if clashes and not force:
             raise UserError(f"{data_dir} already holds {', '.join(sorted(clashes))}; pass --force to replace them")
@@ -133,26 +168,33 @@ def unpack(archive_path: str, data_dir: str, *, force: bool = False) -> list[str
         try:
             for dataset, members in groups.items():
                 for info in members:
-                    target = os.path.join(staging, dataset, _relative(info.filename, dataset))
+                    target = safe_join(staging, f"{dataset}/{_relative(info.filename, dataset)}", archive_path)
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     with archive.open(info) as source, open(target, "wb") as sink:
-                        shutil.copyfileobj(source, sink)
+                        _copy_bounded(source, sink, info, archive_path)
             for dataset in sorted(groups):
-                final = os.path.join(data_dir, dataset)
-                retired = None
-                if os.path.exists(final):
-                    retired = os.path.join(staging, f"{dataset}.replaced")
-                    os.replace(final, retired)
-                os.replace(os.path.join(staging, dataset), final)
-                if retired:
-                    shutil.rmtree(retired)
+                replace_dir(os.path.join(staging, dataset), os.path.join(data_dir, dataset))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return sorted(groups)
 
 
+def _copy_bounded(source, sink, info: zipfile.ZipInfo, archive_path: str) -> None:
+    """Copies one member, refusing to write more than its header declares (a lying header)."""
+    written = 0
+    for chunk in iter(lambda: source.read(1 << 20), b""):
+        written += len(chunk)
+        if written > info.file_size:
+            raise UserError(f"{archive_path}: member {info.filename!r} is larger than its header says; "
+                            "refusing to unpack this archive")
+        sink.write(chunk)
+
+
 def download_datasets(data_dir: str, *, url: str = DATASETS_URL, sha256: str | None = None,
-                      archive: str | None = None, force: bool = False, timeout: float = 60.0) -> list[str]:
+                      archive: str | None = None, force: bool = False, timeout: float = 60.0,
+                      deadline: float = 1800.0, max_download_bytes: int = MAX_DOWNLOAD_BYTES,
+                      max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+                      max_compression_ratio: float = MAX_COMPRESSION_RATIO) -> list[str]:
     """Downloads (or takes `archive`), verifies and unpacks the datasets; returns their names.
 
     sha256 (else PINNED_SHA256) must match when given; the observed digest is
@@ -166,21 +208,19 @@ def download_datasets(data_dir: str, *, url: str = DATASETS_URL, sha256: str | N
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=data_dir) as tmp:
         if archive is None:
             archive_path = os.path.join(tmp, "datasets.zip")
-            observed = fetch(url, archive_path, timeout=timeout)
+            observed = fetch(url, archive_path, timeout=timeout, deadline=deadline, max_bytes=max_download_bytes)
         else:
             archive_path, observed = archive, _sha256_file(archive)
         if expected and observed != expected:
             raise UserError(f"{archive or url}: sha256 {observed} does not match the expected {expected}; "
                             "the archive changed or is corrupt, nothing was unpacked")
-        names = unpack(archive_path, data_dir, force=force)
+        names = unpack(archive_path, data_dir, force=force, max_unpacked_bytes=max_unpacked_bytes,
+                       max_compression_ratio=max_compression_ratio)
     manifest = {
         "source": archive or url, "sha256": observed, "verified": expected is not None, "datasets": names,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp_manifest = os.path.join(data_dir, MANIFEST + ".tmp")
-    with open(tmp_manifest, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=1)
-    os.replace(tmp_manifest, os.path.join(data_dir, MANIFEST))
+    write_atomically(os.path.join(data_dir, MANIFEST), json.dumps(manifest, indent=1))
     return names
 
 
@@ -192,11 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive", default=None, help="unpack this local datasets.zip instead of downloading")
     parser.add_argument("--sha256", default=None, help="expected sha256 of the archive (overrides the pinned value)")
     parser.add_argument("--force", action="store_true", help="replace dataset folders that already exist")
-    parser.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    parser.add_argument("--timeout", type=float, default=60.0, help="network timeout per read, in seconds")
+    parser.add_argument("--deadline", type=float, default=1800.0, help="limit for the whole download, in seconds")
+    parser.add_argument("--max-download-bytes", type=int, default=MAX_DOWNLOAD_BYTES)
+    parser.add_argument("--max-unpacked-bytes", type=int, default=MAX_UNPACKED_BYTES)
+    parser.add_argument("--max-compression-ratio", type=float, default=MAX_COMPRESSION_RATIO,
+                        help="refuse members that expand more than this (zip bombs)")
     args = parser.parse_args(argv)
     data_dir = args.data_dir or default_data_dir()
     names = download_datasets(data_dir, url=args.url, sha256=args.sha256, archive=args.archive,
-                              force=args.force, timeout=args.timeout)
+                              force=args.force, timeout=args.timeout, deadline=args.deadline,
+                              max_download_bytes=args.max_download_bytes, max_unpacked_bytes=args.max_unpacked_bytes,
+                              max_compression_ratio=args.max_compression_ratio)
     with open(os.path.join(data_dir, MANIFEST), encoding="utf-8") as handle:
         manifest = json.load(handle)
     status = "verified" if manifest["verified"] else "UNVERIFIED (no pinned checksum; pass --sha256 to check)"

@@ -1,6 +1,6 @@
 """Raw dataset files -> normalized `{"id", "input", "label"}` records.
 
-Reference layout (the paper's `datasets.zip`, see DESIGN.md section 2):
+Reference layout (the paper's `datasets.zip`, see README.md's Datasets section):
 
     <root>/<name>/<name>_{train,valid,test}.json   JSON lines, one record a line
 
@@ -27,12 +27,12 @@ paper's teacher prompts use instead.
 
 Every problem is a UserError naming the file and line and the fix.
 """
-import json
 import os
 from collections.abc import Callable
 
 from distill.data.specs import NLI_LABELS
 from distill.errors import UserError
+from distill.jsonl import read_jsonl
 
 SPLITS = ("train", "valid", "test")
 
@@ -47,32 +47,6 @@ def split_path(name: str, data_dir: str, split: str) -> str:
     if name == "jsonl":
         return os.path.join(data_dir, f"{split}.jsonl")
     return os.path.join(data_dir, name, f"{name}_{split}.json")
-
-
-def read_json_lines(path: str) -> list[tuple[int, dict]]:
-    """(1-based line number, record) for every non-blank line of a JSON-lines file."""
-    try:
-        with open(path, encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark
-            lines = handle.readlines()
-    except FileNotFoundError:
-        raise UserError(f"{path} not found; check --data-dir / DISTILL_DATA_DIR") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path} ({err}); it must be UTF-8 JSON lines") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(
-                f"{path}:{number}: malformed JSON line ({err.msg}); fix or remove that line "
-                "(the file must hold one JSON object per line)"
-            ) from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
-        records.append((number, record))
-    return records
 
 
 def _field(record: dict, key: str, where: str) -> object:
@@ -149,7 +123,7 @@ def read_split(name: str, data_dir: str, split: str) -> tuple[list[dict], list[d
     path = split_path(name, data_dir, split)
     normalize = _NORMALIZERS[name]
     examples, raw = [], []
-    for index, (number, record) in enumerate(read_json_lines(path)):
+    for index, (number, record) in enumerate(read_jsonl(path, hint="check --data-dir / DISTILL_DATA_DIR")):
         examples.append(normalize(record, split, index, f"{path}:{number}"))
         raw.append(record)
     return examples, raw

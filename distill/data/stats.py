@@ -79,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object {split: {...}}")
     args = parser.parse_args(argv)
     get_spec(args.dataset)
-    data_dir = resolve_data_dir(args.data_dir)
+    data_dir = resolve_data_dir(args.data_dir, dataset=args.dataset)
     stats = dataset_stats(args.dataset, data_dir)
     print(json.dumps(stats) if args.json else format_table(args.dataset, data_dir, stats))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from distill import cli
+
+    sys.exit(cli.main(["data", "stats", *sys.argv[1:]]))

@@ -29,7 +29,8 @@ import os
 import re
 
 from distill.data.parsing import normalize_label, parse_completion
-from distill.data.readers import dataset_dir, read_json_lines
+from distill.data.readers import dataset_dir
+from distill.jsonl import read_jsonl
 from distill.errors import UserError
 
 TEACHER_KEYS = ("rationale", "teacher_label", "teacher_raw", "parse_ok")
@@ -104,7 +105,7 @@ def _from_teacher_record(name: str, record: dict) -> dict:
 
 def _read_teacher_jsonl(name: str, path: str, example_ids: list[str], split_file: str) -> list[dict]:
     outputs = []
-    for position, (number, record) in enumerate(read_json_lines(path)):
+    for position, (number, record) in enumerate(read_jsonl(path, hint="check --data-dir / DISTILL_DATA_DIR")):
         if "id" in record and position < len(example_ids) and str(record["id"]) != example_ids[position]:
             raise UserError(
                 f"{path}:{number}: id {record['id']!r} does not match example {position} of {split_file} "

@@ -167,4 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from distill import cli
+
+    sys.exit(cli.main(["data", "build", *sys.argv[1:]]))

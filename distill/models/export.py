@@ -13,57 +13,23 @@ spiece.model), loadable with `T5ForConditionalGeneration.from_pretrained`.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from distill.errors import UserError
-from distill.models.t5 import DTYPES, T5Config
+from distill.models.t5 import DTYPES
 
-
-def load_training_checkpoint(path: str | pathlib.Path) -> tuple[T5Config, Any, pathlib.Path | None]:
-    """(config, params, SentencePiece model path or None) of a model dir or one step's checkpoint.
-
-    The model config and vocabulary come from the run's run.json (written by
-    `distill train`); the params are restored without the optimizer state.
-    """
-    from flax import linen as nn
-
-    from distill import checkpointing
-    from distill.models.t5 import abstract_params
-    from distill.partitioning import Partitioner
-
-    path = pathlib.Path(path).absolute()
-    if checkpointing.is_complete_step_dir(path):
-        model_dir = path.parent.parent
-    else:
-        model_dir = path.parent if path.name == "checkpoints" else path
-    run_file = model_dir / "run.json"
-    if not run_file.is_file():
-        raise UserError(f"{path} is neither a Hugging Face T5 directory (no config.json) nor a training model dir "
-                        f"(no {run_file}); pass one of those or a <model_dir>/checkpoints/<step> folder")
-    try:
-        run_info = json.loads(run_file.read_text(encoding="utf-8"))
-        config = T5Config(**run_info["model_config"])
-    except (ValueError, KeyError, TypeError) as err:
-        if isinstance(err, UserError):
-            raise
-        raise UserError(f"{run_file} is not a readable run file ({err}); was it written by `distill train`?") from None
-    candidates = [pathlib.Path(run_info["vocabulary_path"])] if run_info.get("vocabulary_path") else []
-    candidates.append(model_dir / "vocab" / "spm.model")
-    vocabulary = next((c for c in candidates if c.is_file()), None)
-    boxed = abstract_params(config)
-    shardings = Partitioner().shardings_for(boxed)["params"]
-    params = checkpointing.restore_params(str(path), nn.unbox(boxed)["params"], shardings)
-    return config, params, vocabulary
+if TYPE_CHECKING:
+    from distill.run_dir import Trained
 
 
 def export(checkpoint: str, out: str, *, overwrite: bool = False, dtype: str | None = None) -> pathlib.Path:
     """Write the HF directory for `checkpoint` to `out` (see the module docstring); returns out."""
     import jax
 
-    from distill.models.checkpoints import load_hf_checkpoint, read_hf_config, save_hf_checkpoint
+    from distill.models.hf_checkpoints import read_hf_config, save_hf_checkpoint
+    from distill.run_dir import is_hf_dir, load_trained
 
     source = pathlib.Path(checkpoint)
     target = pathlib.Path(out)
@@ -77,22 +43,36 @@ def export(checkpoint: str, out: str, *, overwrite: bool = False, dtype: str | N
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype} is not supported; use one of {list(DTYPES)}")
 
-    if (source / "config.json").is_file():
-        if dtype is None:  # Keep the checkpoint's own dtype (transformers writes "dtype" or "torch_dtype").
-            hf_config = read_hf_config(source)
-            stored = hf_config.get("dtype") or hf_config.get("torch_dtype")
-            dtype = stored if stored in DTYPES else None
-        config, params = load_hf_checkpoint(source, param_dtype=dtype)
-        tokenizer: pathlib.Path | None = source
-    else:
-        config, params, tokenizer = load_training_checkpoint(source)
-        if dtype is not None and dtype != config.param_dtype:
-            params = jax.tree.map(lambda x: x.astype(dtype), params)
-            config = config.replace(param_dtype=dtype)
-        if tokenizer is None:
-            print(f"warning: no vocabulary found for {checkpoint}; {out} will have no spiece.model", file=sys.stderr)
+    hf_source = is_hf_dir(str(source))
+    if hf_source and dtype is None:  # Keep the checkpoint's own dtype (transformers writes "dtype" or "torch_dtype").
+        hf_config = read_hf_config(source)
+        stored = hf_config.get("dtype") or hf_config.get("torch_dtype")
+        dtype = stored if stored in DTYPES else None
+    trained = load_trained(str(source), param_dtype=dtype if hf_source else None)
+    config, params = trained.config, trained.params
+    if dtype is not None and dtype != config.param_dtype:
+        params = jax.tree.map(lambda x: x.astype(dtype), params)
+        config = config.replace(param_dtype=dtype)
+    tokenizer: pathlib.Path | None = source if hf_source else None  # an HF folder's files are copied as they are
+    if not hf_source and trained.tokenizer_path is not None:
+        tokenizer = pathlib.Path(trained.tokenizer_path)
+        _check_tokenizer(trained)
+    if tokenizer is None:
+        print(f"warning: no vocabulary found for {checkpoint}; {out} will have no spiece.model", file=sys.stderr)
     save_hf_checkpoint(config, params, target, tokenizer_dir=tokenizer)
     return target
+
+
+def _check_tokenizer(trained: "Trained") -> None:
+    """Refuses a run's vocabulary with more pieces than the model has rows; warns on an unreadable one."""
+    from distill.vocab import check_fits, load_tokenizer
+
+    try:
+        pieces = load_tokenizer(trained.tokenizer_path).get_piece_size()
+    except UserError as err:
+        print(f"warning: {err}; copied as it is", file=sys.stderr)
+        return
+    check_fits(pieces, trained.config.vocab_size, trained.tokenizer_path, trained.source)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,4 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from distill import cli
+
+    sys.exit(cli.main(["export", *sys.argv[1:]]))

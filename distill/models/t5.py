@@ -48,6 +48,13 @@ FEED_FORWARD_PROJ = {
 }
 REMAT_POLICIES = ("none", "full", "minimal")
 DTYPES = ("float32", "bfloat16", "float16")
+# Upper bounds on the shape fields, far above T5 XXL / mT5 (vocab 250,112): a config
+# read from a file is refused before it can make tracing or allocation run away.
+SIZE_LIMITS = {
+    "vocab_size": 1 << 21, "d_model": 1 << 16, "d_kv": 1 << 13, "d_ff": 1 << 18, "num_heads": 1 << 10,
+    "num_encoder_layers": 256, "num_decoder_layers": 256, "relative_attention_num_buckets": 1 << 12,
+    "relative_attention_max_distance": 1 << 20,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +94,12 @@ class T5Config:
         for field, ok, allowed in checks:
             if not ok:
                 raise UserError(f"T5Config.{field} = {getattr(self, field)!r} is not supported; use one of {list(allowed)}")
-        for field in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
-                      "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance"):
-            if int(getattr(self, field)) <= 0:
-                raise UserError(f"T5Config.{field} = {getattr(self, field)!r} must be a positive integer")
-        if not 0.0 <= self.dropout_rate < 1.0:
+        for field, limit in SIZE_LIMITS.items():
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
+                raise UserError(f"T5Config.{field} = {value!r} must be an integer from 1 to {limit:,} "
+                                "(a config from an untrusted file is checked before anything is built)")
+        if not isinstance(self.dropout_rate, (int, float)) or not 0.0 <= self.dropout_rate < 1.0:
             raise UserError(f"T5Config.dropout_rate = {self.dropout_rate!r} must be in [0, 1)")
 
     def replace(self, **changes: Any) -> "T5Config":

@@ -1,7 +1,7 @@
 """A local (Flan-)T5 checkpoint as the teacher, through the project's own JAX decoding.
 
 Lets a TPU or GPU user prompt Flan-T5-XXL few-shot without running a server:
-`distill.predict.load_for_prediction` reads a Hugging Face T5 folder
+`distill.run_dir.load_trained` reads a Hugging Face T5 folder
 (config.json, weights, spiece.model) or one of this project's training model
 dirs, and `distill.predict.decode_texts` runs
 batched, jit-compiled greedy or sampled decoding (inputs sorted and padded to
@@ -24,12 +24,13 @@ class FlaxT5Backend:
     kind = "flax_t5"
 
     def __init__(self, model_dir: str, *, batch_size: int = 16, max_input_length: int = 2048) -> None:
-        from distill.predict import load_for_prediction
+        from distill.run_dir import load_trained
 
         self.model = model_dir
         self.batch_size = batch_size
         self.max_input_length = max_input_length
-        self._config, self._params, self._vocabulary = load_for_prediction(model_dir)
+        trained = load_trained(model_dir, require_tokenizer=True)
+        self._config, self._params, self._vocabulary = trained.config, trained.params, trained.tokenizer()
 
     def generate_batch(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """n completions per prompt; sample i of every prompt uses PRNG key i (reproducible)."""

@@ -31,7 +31,9 @@ import jax
 import numpy as np
 from flax import linen as nn
 
+from distill.atomic import replace_dir
 from distill.errors import UserError
+from distill.jsonl import parse_json
 from distill.models.t5 import FEED_FORWARD_PROJ, T5Config, abstract_params
 
 # Tensors an HF checkpoint may hold that this layout derives from others or does not use.
@@ -71,9 +73,9 @@ def config_from_hf(hf_config: dict) -> T5Config:
     eos = hf_config.get("eos_token_id", 1)
     if isinstance(eos, list):
         eos = eos[0]
-    num_layers = int(hf_config.get("num_layers", 6))
-    decoder_layers = hf_config.get("num_decoder_layers")
     try:
+        num_layers = int(hf_config.get("num_layers", 6))
+        decoder_layers = hf_config.get("num_decoder_layers")
         return T5Config(
             vocab_size=int(hf_config.get("vocab_size", 32128)),
             d_model=int(hf_config.get("d_model", 512)),
@@ -253,9 +255,13 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     if not file.is_file():
         raise UserError(f"{file} does not exist; expected a Hugging Face checkpoint directory")
     try:
-        return json.loads(file.read_text())
-    except ValueError as err:
-        raise UserError(f"{file} is not valid JSON ({err})") from None
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {file} ({err})") from None
+    config = parse_json(text, str(file))
+    if not isinstance(config, dict):
+        raise UserError(f"{file} is not a JSON object; expected a Hugging Face T5 config.json")
+    return config
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -406,18 +412,7 @@ def save_hf_checkpoint(
             "pad_token_id": config.pad_token_id}, indent=2) + "\n")
         if tokenizer_dir is not None:
             _copy_tokenizer(pathlib.Path(tokenizer_dir), staging)
-        _replace_dir(staging, out)
+        replace_dir(str(staging), str(out))
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace_dir(staging: pathlib.Path, out: pathlib.Path) -> None:
-    """Rename staging onto out; an existing out is moved aside first and removed after."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)

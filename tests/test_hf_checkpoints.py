@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distill.errors import UserError
-from distill.models.checkpoints import config_from_hf, load_hf_checkpoint, save_hf_checkpoint
+from distill.models.hf_checkpoints import config_from_hf, load_hf_checkpoint, save_hf_checkpoint
 from model_helpers import VARIANTS, hf_t5_config, hf_t5_model, padded_batch, save_hf_t5
 
 
