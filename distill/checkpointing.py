@@ -139,6 +139,30 @@ class CheckpointManager:
         )
         return True
 
+    def keep_copy(self, step: int, folder: str) -> None:
+        """Makes `folder` hold exactly a copy of checkpoint `step` (as folder/<step>), beyond retention.
+
+        Waits for the save to finish. Local model dirs only (a remote one keeps
+        just its retained steps; a warning says so).
+        """
+        import shutil
+        import tempfile
+
+        from distill.atomic import replace_dir
+
+        self.wait()
+        source = self.directory / str(step)
+        if "://" in str(folder) or not is_complete_step_dir(source):
+            logging.warning("not keeping a copy of checkpoint %s in %s", source, folder)
+            return
+        parent = pathlib.Path(folder).parent
+        staging = tempfile.mkdtemp(prefix=".best-", dir=parent)
+        try:
+            shutil.copytree(source, pathlib.Path(staging) / str(step))
+            replace_dir(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def restore(self, abstract_state: Any, shardings: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state, extra) of `step` (default: latest), placed straight into `shardings`.
 

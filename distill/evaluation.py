@@ -92,8 +92,13 @@ class Evaluator:
                                                             max_examples=settings.num_rationale_examples)
         self.metrics: dict[str, Any] = read_metrics(output_dir)
 
-    def evaluate(self, config: Any, params: Any, step: int) -> dict[str, dict[str, float]]:
-        """Decodes every split at `step`, writes the files, returns {split: metrics}."""
+    def evaluate(self, config: Any, params: Any, step: int, *, baseline: bool = False) -> dict[str, dict[str, float]]:
+        """Decodes every split at `step`, writes the files, returns {split: metrics}.
+
+        baseline: this is the initial model, before any training step: its
+        results go to metrics.json's "baseline" and predictions/<split>_baseline.jsonl,
+        never into the per-step evaluations that select the best step.
+        """
         from distill.predict import decode_ids
 
         s = self.settings
@@ -103,36 +108,55 @@ class Evaluator:
             predictions = decode_ids(config, params, self.vocabulary, [e.input_ids for e in examples],
                                      batch_size=s.batch_size, max_input_length=s.max_input_length,
                                      method=s.method, num_beams=s.num_beams, max_decode_length=s.max_decode_length)
-            metrics = self._score([e.target for e in examples], predictions)
+            targets = [e.target for e in examples]
+            metrics = self._score(targets, predictions)
             metrics["num_examples"] = len(predictions)
             metrics["decode_seconds"] = round(time.perf_counter() - start, 3)
             results[split] = metrics
-            self._write_predictions(f"{split}_step{step}.jsonl", examples, predictions)
+            name = f"{split}_baseline.jsonl" if baseline else f"{split}_step{step}.jsonl"
+            self._write_predictions(name, examples, predictions, self._correct(targets, predictions))
         if self._rationales is not None:
             rationales = decode_ids(config, params, self.vocabulary, [e.input_ids for e in self._rationales],
                                     batch_size=s.batch_size, max_input_length=s.max_input_length,
                                     max_decode_length=s.rationale_max_decode_length)
             self._write_predictions(f"rationales_step{step}.jsonl", self._rationales, rationales)
         self.metrics = with_step_results(self.metrics, step=step, results=results, dataset=self.dataset,
-                                         task=self.label_task)
+                                         task=self.label_task, baseline=baseline)
         if self.write:
             write_metrics(self.output_dir, self.metrics)
         return results
 
     def _score(self, targets: list[str], predictions: list[str]) -> dict[str, float]:
-        post_targets = [self._postprocess(t, example={}, is_target=True) for t in targets]
-        post_predictions = [self._postprocess(p, example={}, is_target=False) for p in predictions]
         metrics: dict[str, float] = {}
         for fn in self._metric_fns:
-            for name, value in fn(post_targets, post_predictions).items():
-                metrics[name] = float(getattr(value, "value", value))
+            metrics.update(self._score_with(fn, targets, predictions))
         return metrics
 
-    def _write_predictions(self, name: str, examples: Sequence[Any], predictions: list[str]) -> None:
+    def _correct(self, targets: list[str], predictions: list[str]) -> list[bool]:
+        """Per-example correctness under the task's first accuracy metric (for paired statistics)."""
+        fn = self._metric_fns[0]
+        return [bool(self._score_with(fn, [t], [p]).get("accuracy", 0.0) > 0.5) for t, p in zip(targets, predictions)]
+
+    def _score_with(self, fn: Callable, targets: list[str], predictions: list[str]) -> dict[str, float]:
+        post_targets = [self._postprocess(t, example={}, is_target=True) for t in targets]
+        post_predictions = [self._postprocess(p, example={}, is_target=False) for p in predictions]
+        return {name: float(getattr(v, "value", v)) for name, v in fn(post_targets, post_predictions).items()}
+
+    def _write_predictions(self, name: str, examples: Sequence[Any], predictions: list[str],
+                           correct: Sequence[bool] | None = None) -> None:
         if self.write:
             from distill.input_pipeline import prediction_records
 
-            write_jsonl(predictions_path(self.output_dir, name), prediction_records(examples, predictions))
+            records = prediction_records(examples, predictions)
+            if correct is not None:
+                records = ({**record, "correct": ok} for record, ok in zip(records, correct))
+            write_jsonl(predictions_path(self.output_dir, name), records)
+
+    def mark_early_stop(self, step: int) -> None:
+        """Records in metrics.json that training stopped early at `step` (a relaunch does not resume)."""
+        self.metrics = {**self.metrics, "early_stopped_at": step}
+        if self.write:
+            write_metrics(self.output_dir, self.metrics)
 
     def has_step(self, step: int) -> bool:
         """Whether metrics.json already holds every split of this evaluator at `step`."""
@@ -141,12 +165,18 @@ class Evaluator:
 
 
 def with_step_results(data: dict[str, Any], *, step: int, results: dict[str, dict[str, float]], dataset: str,
-                      task: str) -> dict[str, Any]:
+                      task: str, baseline: bool = False) -> dict[str, Any]:
     """metrics.json content with one step's results added and the top-level summary refreshed.
 
     The summary (`latest_step`, `<split>_accuracy`) describes the newest step
-    evaluated, so after training it holds the final test accuracy.
+    evaluated, so after training it holds the final test accuracy; `best` is
+    the validation-selected step (see `best_step`). A baseline (the initial
+    model) is kept apart under "baseline".
     """
+    if baseline:
+        return {**data, "dataset": dataset, "task": task,
+                "baseline": {"step": step, **{f"{split}_accuracy": m["accuracy"] for split, m in results.items()
+                                              if "accuracy" in m}, "splits": results}}
     data = {**data, "evals": {k: dict(v) for k, v in data.get("evals", {}).items()}}
     evals = data["evals"]
     evals.setdefault(str(step), {}).update(results)
@@ -156,4 +186,25 @@ def with_step_results(data: dict[str, Any], *, step: int, results: dict[str, dic
         if "accuracy" in metrics:
             data[f"{split}_accuracy"] = metrics["accuracy"]
     data["evals"] = {k: evals[k] for k in sorted(evals, key=int)}
+    best = best_step(data["evals"])
+    if best is not None:
+        data["best"] = best
     return data
+
+
+def best_step(evals: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any] | None:
+    """The step with the highest validation accuracy (ties: the earliest), or None without validation.
+
+    Only validation decides: the test accuracy is reported for the chosen
+    step, never compared. Returns {"step", "validation_accuracy", "test_accuracy"?}.
+    """
+    scored = [(int(step), splits["validation"]["accuracy"]) for step, splits in evals.items()
+              if "accuracy" in splits.get("validation", {})]
+    if not scored:
+        return None
+    step, accuracy = max(scored, key=lambda item: (item[1], -item[0]))
+    best: dict[str, Any] = {"step": step, "validation_accuracy": accuracy}
+    test = evals[str(step)].get("test", {})
+    if "accuracy" in test:
+        best["test_accuracy"] = test["accuracy"]
+    return best

@@ -9,6 +9,7 @@ has one owner:
     <model_dir>/metrics.json             evaluations per step (distill/evaluation.py's content):
                                          `read_metrics`/`write_metrics`
     <model_dir>/checkpoints/<step>/      orbax checkpoints (distill/checkpointing.py)
+    <model_dir>/best/<step>/             a copy of the validation-selected step's checkpoint
     <model_dir>/predictions/             decoded splits, predictions/<split>_step<N>.jsonl
     <model_dir>/events/                  TensorBoard
     <model_dir>/config.gin, vocab/spm.model
@@ -39,6 +40,7 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.gin"
 VOCAB_FILE = os.path.join("vocab", "spm.model")
 CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"  # best/<step>: the validation-selected checkpoint, outside retention
 PREDICTIONS_DIR = "predictions"
 EVENTS_DIR = "events"
 HF_CONFIG_FILE = "config.json"
@@ -105,8 +107,9 @@ def find_model_dir(path: str) -> str | None:
         current = parent
 
 
-def resolve_checkpoint(path: str) -> tuple[str, int]:
-    """(model dir, step) for a model dir (its latest step), its checkpoints/ folder, or checkpoints/<step>.
+def resolve_checkpoint(path: str) -> tuple[str, int, str]:
+    """(model dir, step, step folder) for a model dir (its latest step), its checkpoints/ folder, or a
+    <step> folder (checkpoints/<step>, best/<step>).
 
     UserError when the path does not exist, is not inside a model dir, or
     holds no finished checkpoint.
@@ -123,14 +126,14 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
     if checkpointing.is_complete_step_dir(pathlib.Path(absolute)):
         if model_dir is None:
             raise UserError(f"{path} {not_a_run}")
-        return model_dir, int(os.path.basename(absolute))
+        return model_dir, int(os.path.basename(absolute)), absolute
     steps = checkpointing.finished_steps(os.path.join(model_dir or absolute, CHECKPOINTS_DIR))
     if not steps:
         raise UserError(f"{path} holds no finished checkpoint (expected {CHECKPOINTS_DIR}/<step> inside)"
                         + ("" if model_dir else f" and {not_a_run}"))
     if model_dir is None:
         raise UserError(f"{path} {not_a_run}")
-    return model_dir, steps[-1]
+    return model_dir, steps[-1], os.path.join(model_dir, CHECKPOINTS_DIR, str(steps[-1]))
 
 
 def vocabulary_file(model_dir: str, run_info: dict[str, Any]) -> str | None:
@@ -190,6 +193,17 @@ def load_trained(path: str, *, param_dtype: str | None = None, require_tokenizer
     require_tokenizer: refuse a checkpoint without a SentencePiece file
     before any weights are read (whoever decodes text needs one).
     """
+    from distill.models import t5x_checkpoints
+
+    if t5x_checkpoints.is_t5x_checkpoint(path):  # upstream t5x.train's MODEL_DIR or MODEL_DIR/checkpoint_<N>
+        model_dir, step = t5x_checkpoints.resolve_t5x_checkpoint(path)
+        tokenizer = t5x_checkpoints.t5x_vocabulary_file(model_dir)
+        if require_tokenizer and tokenizer is None:
+            raise UserError(f"no local SentencePiece file for the T5X checkpoint {path}: its config.gin names none; "
+                            "set DISTILL_VOCABULARY to the run's vocabulary file")
+        config, params = t5x_checkpoints.load_t5x_checkpoint(path)
+        return Trained(config=config, params=params, tokenizer_path=tokenizer, model_dir=model_dir, step=step,
+                       source=path)
     if os.path.isdir(path) and is_hf_dir(path):
         from distill.models.hf_checkpoints import load_hf_checkpoint
 
@@ -206,7 +220,7 @@ def load_trained(path: str, *, param_dtype: str | None = None, require_tokenizer
     from distill.models.t5 import abstract_params
     from distill.partitioning import Partitioner
 
-    model_dir, step = resolve_checkpoint(path)
+    model_dir, step, step_dir = resolve_checkpoint(path)
     run_info = read_run(model_dir)
     config = run_model_config(model_dir, run_info)
     trained = Trained(config=config, params=None, tokenizer_path=vocabulary_file(model_dir, run_info),
@@ -214,7 +228,6 @@ def load_trained(path: str, *, param_dtype: str | None = None, require_tokenizer
     if require_tokenizer:
         trained.tokenizer()
     boxed = abstract_params(config)
-    step_dir = os.path.join(model_dir, CHECKPOINTS_DIR, str(step))
     params = checkpointing.restore_params(step_dir, nn.unbox(boxed)["params"],
                                           Partitioner().shardings_for(boxed)["params"])
     return dataclasses.replace(trained, params=params)

@@ -169,6 +169,8 @@ def is_finished(record: dict | None, steps: int | None) -> bool:
     """Finished, with a test accuracy, and (when steps is given) that far: a larger --steps resumes."""
     if not record or not record.get("finished") or "test_accuracy" not in record:
         return False
+    if "early_stopped_at" in record:  # stopped on purpose: more steps would not be trained
+        return True
     return steps is None or int(record.get("step", record.get("latest_step", 0))) >= steps
 
 
@@ -204,14 +206,26 @@ def _write_record(model_dir: str, result: dict | None, train_seconds: float) -> 
 
 
 def result_row(point: GridPoint, model_dir: str, record: dict) -> dict:
-    """One results.csv row from a finished run's record."""
+    """One results.csv row from a finished run's record.
+
+    `accuracy` is the test accuracy at the validation-selected step (metrics.json
+    "best"; the final step's when the run evaluated no validation split);
+    `final_accuracy` the last step's, `baseline_accuracy` the initial model's.
+    """
     tokens = record.get("tokens_per_second")
+    best = record.get("best") or {}
+    selected = best.get("step") if "test_accuracy" in best else record.get("latest_step")
+    correctness = run_dir.predictions_path(model_dir, f"test_step{selected}.jsonl") if selected is not None else ""
     return {
         "dataset": point.dataset, "method": point.method, "model": point.model,
         "train_fraction": point.train_fraction, "seed": point.seed,
-        "accuracy": record["test_accuracy"], "steps": record.get("step", record.get("latest_step")),
+        "accuracy": best.get("test_accuracy", record["test_accuracy"]),
+        "steps": record.get("step", record.get("latest_step")),
         "train_seconds": record.get("train_seconds", ""), "tokens_per_second": "" if tokens is None else tokens,
-        "model_dir": model_dir,
+        "model_dir": model_dir, "selected_step": "" if selected is None else selected,
+        "final_accuracy": record["test_accuracy"],
+        "baseline_accuracy": (record.get("baseline") or {}).get("test_accuracy", ""),
+        "correctness_file": correctness if correctness and os.path.isfile(correctness) else "",
     }
 
 

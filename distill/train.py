@@ -74,6 +74,8 @@ def train(
     keep_checkpoints: int = 3,
     async_checkpointing: bool = True,
     log_period: int = 10,
+    eval_baseline: bool = True,
+    early_stopping_patience: int = 0,
     peak_flops: float | None = None,
     config_text: str | None = None,
 ) -> dict[str, Any]:
@@ -99,6 +101,12 @@ def train(
       eval_max_examples: decode only the first N examples of each split (None = all).
       eval_period [EVAL_PERIOD], checkpoint_period [CHECKPOINT_PERIOD]: in steps,
         0 = only at the end. peak_flops [PEAK_FLOPS]: all devices' peak FLOP/s (MFU).
+      eval_baseline: with an initial checkpoint, evaluate it before step 1
+        (metrics.json "baseline"; the pre-distillation accuracy to beat).
+      early_stopping_patience: stop after this many evaluations without a
+        better validation accuracy (0 = never). Test accuracy decides nothing:
+        metrics.json "best" is the validation-selected step, and its
+        checkpoint is kept in MODEL_DIR/best/<step> whatever keep_checkpoints says.
       config_text: the gin config, written to MODEL_DIR/config.gin.
     """
     import jax
@@ -120,7 +128,8 @@ def train(
     for name, value in (("train_steps", train_steps), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise UserError(f"{name}={value!r} must be a positive integer (--gin.{name.upper()}=...)")
-    for name, value in (("eval_period", eval_period), ("checkpoint_period", checkpoint_period)):
+    for name, value in (("eval_period", eval_period), ("checkpoint_period", checkpoint_period),
+                        ("early_stopping_patience", early_stopping_patience)):
         if not isinstance(value, int) or value < 0:
             raise UserError(f"{name}={value!r} must be an integer >= 0 (0 = only at the end)")
     data_dir = resolve_data_dir(data_dir, dataset=dataset)
@@ -197,16 +206,28 @@ def train(
     writer = MetricWriter(os.path.join(model_dir, run_dir.EVENTS_DIR), total_steps=train_steps, peak_flops=peak_flops,
                           enabled=primary)
 
-    def run_eval(at_step: int) -> None:
+    def run_eval(at_step: int) -> bool:
+        """Evaluates; keeps the checkpoint of a new best step; True when early stopping says stop."""
         for split, metrics in evaluator.evaluate(model_config, state.params, at_step).items():
             writer.report_eval(at_step, split, metrics)
         writer.flush()
+        best = evaluator.metrics.get("best")
+        if best and best["step"] == at_step:
+            manager.save(at_step, state, {**data.state(), "seed": seed}, force=True)
+            if primary:
+                manager.keep_copy(at_step, os.path.join(model_dir, run_dir.BEST_DIR))
+        return bool(early_stopping_patience and best and _evaluations_since(evaluator.metrics, best["step"])
+                    >= early_stopping_patience)
+
+    if initial is not None and eval_baseline and step == 0 and "baseline" not in evaluator.metrics:
+        evaluator.evaluate(model_config, state.params, 0, baseline=True)
 
     # ------------------------------------------------------------- train loop
     preempted = False
+    stopped_early = "early_stopped_at" in evaluator.metrics
     with checkpointing.PreemptionGuard() as guard:
         pending: list[dict[str, Any]] = []
-        while step < train_steps:
+        while step < train_steps and not stopped_early:
             batch = next(data)
             input_tokens, target_tokens = input_pipeline.count_tokens(batch)
             state, metrics = trainer.train_step(state, batch)
@@ -224,17 +245,21 @@ def train(
                 writer.report_train(step, scalars)
                 pending = []
             manager.save(step, state, {**data.state(), "seed": seed}, force=step == train_steps)
-            if eval_period and step % eval_period == 0 and step < train_steps:
-                run_eval(step)
+            if eval_period and step % eval_period == 0 and step < train_steps and run_eval(step):
+                manager.save(step, state, {**data.state(), "seed": seed}, force=True)
+                stopped_early = True
+                evaluator.mark_early_stop(step)
+                print(f"early stopping at step {step}: {early_stopping_patience} evaluations without a better "
+                      "validation accuracy", flush=True)
             if guard.should_stop():
                 manager.save(step, state, {**data.state(), "seed": seed}, force=True)
                 preempted = True
                 break
-    manager.close()
 
     # ------------------------------------------------------------ final eval
-    if not preempted and not evaluator.has_step(step):
+    if not preempted and not stopped_early and not evaluator.has_step(step):
         run_eval(step)
+    manager.close()
     writer.close()
     if preempted:
         print(f"stopped by SIGTERM at step {step}; checkpoint saved, relaunch to resume", flush=True)
@@ -339,6 +364,11 @@ def _eval_tasks(mixture_or_task_name: str, names: Sequence[str]) -> tuple[str, s
     prefix = label.rsplit("_label_", 1)[0]
     rationale = f"{prefix}_rationale" if f"{prefix}_rationale" in names else None
     return label, rationale
+
+
+def _evaluations_since(metrics: Mapping[str, Any], step: int) -> int:
+    """How many evaluations metrics.json holds after `step`."""
+    return sum(1 for evaluated in metrics.get("evals", {}) if int(evaluated) > step)
 
 
 def _mean_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -81,3 +81,44 @@ def test_bad_results_file_is_a_one_line_user_error(tmp_path, content, message):
 def test_missing_results_file_names_the_fix(tmp_path):
     with pytest.raises(UserError, match="run `distill sweep` first"):
         report.read_results(str(tmp_path / "nope.csv"))
+
+
+def _rows_with_correctness(tmp_path, gap: float):
+    """Two methods x 3 seeds on 200 shared test examples; step-by-step is right on `gap` more of them."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    easy = rng.random(200)
+    rows = []
+    for method, seed in itertools.product(METHODS, range(3)):
+        threshold = 0.4 + (gap if method == "step_by_step_gt" else 0.0)
+        noise = np.random.default_rng(seed).random(200) * 0.1
+        correct = (easy + noise) < threshold
+        path = tmp_path / f"{method}-{seed}.jsonl"
+        path.write_text("".join(json.dumps({"prediction": "x", "correct": bool(c)}) + "\n" for c in correct))
+        rows.append({"dataset": "svamp", "method": method, "model": "tiny", "train_fraction": 1.0, "seed": seed,
+                     "accuracy": float(correct.mean()), "steps": 10, "train_seconds": 1, "tokens_per_second": 1,
+                     "model_dir": str(tmp_path), "selected_step": 10, "final_accuracy": float(correct.mean()),
+                     "baseline_accuracy": 0.01, "correctness_file": str(path)})
+    return rows
+
+
+@pytest.mark.parametrize("gap, significant", [(0.2, True), (0.0, False)])
+def test_intervals_and_paired_differences_in_table_and_plots(tmp_path, gap, significant):
+    csv_path = write_results_csv(tmp_path / "results.csv", _rows_with_correctness(tmp_path, gap))
+    out = tmp_path / "out"
+    report.write_report(str(csv_path), str(out))
+    text = (out / "results.md").read_text()
+    body = markdown_rows(text, "svamp")[1:]
+    assert len(body) == 1 and all("[" in cell and "(n=3)" in cell for cell in body[0][2:])
+    pairs = markdown_rows(text, "Paired differences")[1:]
+    assert len(pairs) == 1 and pairs[0][3] == "Step-by-step (gold labels) - Standard fine-tuning"
+    assert pairs[0][4].endswith(" *") == significant and pairs[0][7] == "3"
+    assert (float(pairs[0][6]) < 0.01) == significant
+    assert report.write_report(str(csv_path), str(tmp_path / "again")) and \
+        (tmp_path / "again" / "results.md").read_text() == text  # fixed seeds: bit for bit
+    series = png_series(out / "fraction_svamp.png")["svamp, T5 tiny"]
+    assert "Step-by-step (gold labels), 95% interval" in series
+    assert "Standard fine-tuning, before training" in series

@@ -51,7 +51,7 @@ def resolve_data_dir(data_dir: str | None, *, dataset: str | None = None) -> str
     """
     chosen = data_dir or os.environ.get(DATA_DIR_ENV)
     if not chosen:
-        raise UserError(f"no data dir given; pass --data-dir DIR or set {DATA_DIR_ENV} (training: --gin.DATA_DIR)")
+        raise UserError(f"no data dir given; pass --data-dir DIR or set {DATA_DIR_ENV}")
     _check_data_dir(chosen)
     if dataset is not None:
         get_spec(dataset)
