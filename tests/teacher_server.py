@@ -33,7 +33,7 @@ class Fault:
     """kind: "429" | "500" | "malformed" | "drop" | "slow"."""
 
     kind: str
-    retry_after: float | None = None  # for 429
+    retry_after: float | str | None = None  # for 429 (a str is sent as it is, e.g. "soon")
     seconds: float = 0.0  # for slow: how long to stall before dropping
 
 
@@ -184,7 +184,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _apply(self, fault: Fault) -> bool:
         """Serve the fault; True when the request is finished."""
         if fault.kind == "429":
-            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            value = fault.retry_after
+            headers = {} if value is None else {"Retry-After": value if isinstance(value, str) else f"{value:g}"}
             self._send(429, b'{"error": "rate limited"}', headers)
         elif fault.kind == "500":
             self._send(500, b'{"error": "internal error"}')

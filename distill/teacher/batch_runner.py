@@ -283,6 +283,7 @@ class _Run:
         except RequestError as err:
             self._insert_failure(key, str(err), failed)
             return
+        completion = completion.redacted(self.secret)
         self.cache.insert(key, completion)
         failed.discard(key)
         answered[key] = (completion.prompt_tokens, completion.completion_tokens)

@@ -56,13 +56,14 @@ class RetryPolicy:
     max_attempts: int = 6
     timeout: float = 60.0  # seconds per attempt, whole response included
     base_delay: float = 1.0  # first backoff; doubles per attempt
-    max_delay: float = 60.0  # cap on one backoff (a server's Retry-After may exceed it)
+    max_delay: float = 60.0  # cap on one backoff of ours
+    max_retry_wait: float = 300.0  # cap on a server's Retry-After (1e9 or inf must not sleep for decades)
     rng: random.Random = dataclasses.field(default_factory=random.Random)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if retry_after is not None:
-            return retry_after
+            return min(retry_after, self.max_retry_wait)
         backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return backoff * (0.5 + 0.5 * self.rng.random())  # jitter spreads synchronized retries
 
@@ -91,7 +92,7 @@ async def _attempt_until_done(prompt: Prompt, backend: AsyncBackend, params: Sam
         try:
             completion = await asyncio.wait_for(backend.generate(prompt, params), timeout=policy.timeout)
             limiter.settle(estimated, _total_tokens(completion))
-            return completion, attempt
+            return completion.redacted(secret), attempt
         except asyncio.TimeoutError:
             error, retryable = f"timeout after {policy.timeout:g}s", True
         except RequestError as err:

@@ -67,6 +67,12 @@ class Completion:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
+    def redacted(self, secret: str | None) -> "Completion":
+        """The same answer with the key taken out of its texts (a server may echo it back)."""
+        from distill.teacher.redaction import redact
+
+        return dataclasses.replace(self, texts=tuple(redact(t, secret) for t in self.texts)) if secret else self
+
 
 def cache_key(*, backend: str, model: str, prompt: Any, params: dict[str, Any]) -> str:
     """sha256 hex of the canonical JSON of what determines the answer.

@@ -28,7 +28,7 @@ from distill.teacher.batcher import RetryPolicy
 from distill.teacher.pipeline import TeacherSummary, run_teacher
 from distill.teacher.prompts import COMPLETION_STOP
 from distill.teacher.ratelimit import RateLimiter
-from distill.teacher.redaction import redact
+from distill.teacher.redaction import check_api_key, redact
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
         help="attempts per prompt before it is recorded failed (default %(default)s)")
     add("--backoff", type=float, default=1.0,
         help="first retry delay in seconds, doubling, with jitter (default %(default)s)")
+    add("--max-retry-wait", type=float, default=300.0,
+        help="cap on a server's Retry-After, in seconds (default %(default)s)")
+    add("--max-response-bytes", type=int, default=16 << 20,
+        help="largest reply body read from the server (default %(default)s)")
     add("--num-samples", type=int, default=1, help="samples per prompt, majority vote when > 1 (default %(default)s)")
     add("--temperature", type=float, default=0.0, help="default %(default)s (greedy)")
     add("--top-p", type=float, default=1.0, help="default %(default)s")
@@ -92,13 +96,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(args: argparse.Namespace) -> None:
     for name in ("concurrency", "num_samples", "max_tokens", "max_attempts", "batch_size", "batch_max_requests",
-                 "batch_max_bytes", "batch_max_rounds"):
+                 "batch_max_bytes", "batch_max_rounds", "max_response_bytes"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("rpm", "tpm"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name} must be > 0, got {getattr(args, name)}")
-    for name in ("timeout", "batch_poll_interval", "batch_max_poll_interval", "batch_max_wait"):
+    for name in ("timeout", "batch_poll_interval", "batch_max_poll_interval", "batch_max_wait", "max_retry_wait"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0 seconds, got {getattr(args, name)}")
     for name in ("price_input", "price_output", "max_cost"):
@@ -119,7 +123,8 @@ def _backend(args: argparse.Namespace, api_key: str | None, policy: RetryPolicy)
         raise UserError(f"--backend {args.backend} needs --base-url, e.g. http://127.0.0.1:8000/v1")
     if args.backend == "openai":
         from distill.teacher.backends.openai_http import OpenAIBackend
-        return OpenAIBackend(base_url=args.base_url, model=args.model, api_key=api_key)
+        return OpenAIBackend(base_url=args.base_url, model=args.model, api_key=api_key,
+                             max_response_bytes=args.max_response_bytes)
     if args.backend == "openai-batch":
         from distill.teacher.backends.openai_batch import OpenAIBatchBackend
         from distill.teacher.batch_runner import BatchSettings
@@ -170,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         return status_main(argv[1:])
     args = _parser().parse_args(argv)
     _check(args)
-    api_key = os.environ.get(args.api_key_env) or None
+    api_key = check_api_key(os.environ.get(args.api_key_env) or None, args.api_key_env)
     prompt_format = args.prompt_format
     if prompt_format == "auto":
         prompt_format = "chat" if args.backend in ("openai", "openai-batch") else "completion"
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             n=args.num_samples, stop=COMPLETION_STOP if prompt_format == "completion" else ())
-    policy = RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout, base_delay=args.backoff)
+    policy = RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout, base_delay=args.backoff,
+                         max_retry_wait=args.max_retry_wait)
     try:
         summary = run_teacher(
             dataset=args.dataset, split=args.split, out=args.out, backend=_backend(args, api_key, policy),

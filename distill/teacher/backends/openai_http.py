@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from typing import Any
 
@@ -38,6 +39,7 @@ from distill.teacher.cache import Completion
 from distill.teacher.redaction import redact
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 16 << 20  # a completion reply is kilobytes; a runaway server is not read whole
 
 
 def check_base_url(base_url: str) -> str:
@@ -54,19 +56,20 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """The server's Retry-After in seconds, when it gave a number."""
+    """The server's Retry-After in seconds, when it gave a finite number (the batcher caps it)."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
+        return None  # an HTTP date or garbage: fall back to our own backoff
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def response_error(response: httpx.Response, where: str, secret: str | None) -> RequestError:
     """A non-success response as a redacted RequestError (retryable for 429, 5xx, ...)."""
-    detail = redact(response.text[:300].strip(), secret)
+    detail = redact(response.text, secret)[:300].strip()  # redacted first: a cut key would survive
     return RequestError(f"HTTP {response.status_code} from {where}: {detail}",
                         retryable=response.status_code in RETRYABLE_STATUS or response.status_code >= 500,
                         retry_after=retry_after(response))
@@ -75,6 +78,18 @@ def response_error(response: httpx.Response, where: str, secret: str | None) -> 
 def transport_error(err: Exception, secret: str | None) -> RequestError:
     """A connect error, dropped connection or protocol error: always worth a retry."""
     return RequestError(redact(f"{type(err).__name__}: {err}", secret), retryable=True)
+
+
+async def read_bounded(response: httpx.Response, limit: int, where: str) -> bytes:
+    """The body, read as it streams in; a RequestError (not retried) once it passes `limit` bytes."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():  # decoded: a compressed bomb is bounded too
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"reply from {where} is larger than {limit:,} bytes (--max-response-bytes)",
+                               retryable=False)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def request_body(model: str, prompt: Prompt, params: SamplingParams) -> tuple[str, dict[str, Any]]:
@@ -138,13 +153,15 @@ class OpenAIBackend:
 
     kind = "openai"
 
-    def __init__(self, *, base_url: str, model: str, api_key: str | None) -> None:
+    def __init__(self, *, base_url: str, model: str, api_key: str | None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         _remember_sniffio_is_missing()
         self.model = model
         self.base_url = check_base_url(base_url)
         # Parsed once: httpx re-parses a str URL on every request.
         self._urls = {path: httpx.URL(self.base_url + path) for path in ("/completions", "/chat/completions")}
         self._api_key = api_key
+        self.max_response_bytes = max_response_bytes
         self._headers = [(b"Content-Type", b"application/json"),
                          *((k.encode(), v.encode()) for k, v in auth_headers(api_key).items())]
         self._ssl = httpx.create_ssl_context()  # built once: loading CA certificates takes ~0.1 s
@@ -169,7 +186,7 @@ class OpenAIBackend:
         try:
             response = await transport.handle_async_request(request)
             try:
-                content = await response.aread()
+                content = await read_bounded(response, self.max_response_bytes, path)
             finally:
                 await response.aclose()
         except httpx.TransportError as err:  # connect errors, dropped connections, protocol errors
@@ -177,7 +194,9 @@ class OpenAIBackend:
         finally:
             self._idle.append(transport)  # also after a timeout's cancellation: httpcore closed the broken connection
         if response.status_code != 200:
-            raise response_error(response, path, self._api_key)
+            headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-encoding"]  # decoded
+            read = httpx.Response(response.status_code, headers=headers, content=content)
+            raise response_error(read, path, self._api_key)
         try:
             data = json.loads(content)
         except ValueError:
