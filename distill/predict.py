@@ -39,6 +39,8 @@ from distill.run_dir import load_trained
 
 TASK_PREFIXES = {"label": "[label] ", "rationale": "[rationale] ", "none": ""}
 METHODS = ("greedy", "beam", "sample")
+# Bounds on the CLI's sizes: each scales the KV cache and the compiled program (1e9 would exhaust memory).
+MAX_LENGTH, MAX_BATCH_SIZE, MAX_BEAMS = 1 << 14, 4096, 64
 
 
 class Vocabulary(Protocol):
@@ -318,6 +320,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--input-file needs --output-file")
     if args.output_file and not args.input_file:
         parser.error("--output-file goes with --input-file")
+    for name, limit in (("batch_size", MAX_BATCH_SIZE), ("max_decode_length", MAX_LENGTH),
+                        ("max_input_length", MAX_LENGTH), ("num_beams", MAX_BEAMS)):
+        if not 1 <= getattr(args, name) <= limit:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be from 1 to {limit:,}")
     return args
 
 

@@ -189,3 +189,15 @@ def test_predict_reads_back_its_own_output_with_unicode_line_separators(hf_dir, 
     assert cli.main(["predict", *argv, "--input-file", str(first), "--output-file", str(second)]) == 0
     records = [json.loads(line) for line in second.read_text(encoding="utf-8").split("\n") if line]
     assert len(records) == 1 and records[0]["input"] == "three\u2028of\u2029seven"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-decode-length", "1000000000"], "--max-decode-length 1000000000 must be from 1 to 16,384"),
+    (["--batch-size", "0"], "--batch-size 0 must be from 1"),
+])
+def test_unbounded_sizes_are_refused(hf_dir, capsys, argv, message):
+    directory, _, _ = hf_dir
+    assert cli.main(["predict", "--checkpoint", str(directory), "--input", "x", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
