@@ -18,14 +18,18 @@ Data flows one way; each module has one job:
     decoding            greedy, sampling, beam search over a `tokens_to_logits` callable
     predict             the compiled decoders, text in / text out, `distill predict`
     metrics             accuracy and SVAMP's equation accuracy
-    evaluation          decode + score the label task, predictions and metrics files
+    evaluation          decode + score the label task, predictions and metrics files, the selected step
+    bootstrap           intervals and paired tests from per-example correctness
     run_dir             the model-dir layout (run.json, metrics.json, ...) and `load_trained`
     metric_writer       TensorBoard scalars and the progress line
     flops               encoder-decoder FLOPs per step (MFU)
     atomic, jsonl       the one atomic writer and the one JSON-lines reader/writer
+    safe_paths          untrusted names (archive members) joined under a folder, never outside it
     errors              UserError: one line naming the thing and the fix
     train, eval, infer  gin entry points (T5X style); gin_bindings, gin_paths: their gin side
     sweep, report       grids of runs -> results.csv -> tables and plots
+    serve/              `distill serve`: the student behind an OpenAI-compatible API
+    t5x_model           a model and trainer for upstream t5x.train with the paper's loss (imports t5x lazily)
     quickstart          the whole pipeline on SVAMP with a tiny T5 on CPU
     cli                 the `distill` command: a table of subcommands
 

@@ -34,7 +34,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 from distill.errors import UserError
 from distill.jsonl import jsonl_line, parse_json
@@ -47,8 +47,20 @@ from distill.teacher.cache import CompletionCache
 from distill.teacher.progress import Progress
 from distill.teacher.redaction import redact
 
-if TYPE_CHECKING:
-    from distill.teacher.backends.openai_batch import BatchAPI
+
+
+class BatchAPI(Protocol):
+    """The files and batches endpoints the runner drives (distill/teacher/backends/openai_batch.py, or a fake)."""
+
+    def upload(self, handle: IO[bytes], name: str) -> str: ...
+
+    def create(self, input_file_id: str, endpoint: str, completion_window: str) -> dict[str, Any]: ...
+
+    def get(self, batch_id: str) -> dict[str, Any]: ...
+
+    def find(self, input_file_id: str) -> dict[str, Any] | None: ...
+
+    def download(self, file_id: str, handle: IO[bytes]) -> None: ...
 
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([0-9a-f]{64})"')
 
@@ -91,7 +103,7 @@ def _error_text(value: Any) -> str:
 
 
 class _Run:
-    def __init__(self, api: "BatchAPI", store: BatchStore, jobs: list[Job], render: Callable[[int], Prompt],
+    def __init__(self, api: BatchAPI, store: BatchStore, jobs: list[Job], render: Callable[[int], Prompt],
                  params: SamplingParams, *, model: str, settings: BatchSettings, budget: Budget | None,
                  progress: Progress, secret: str | None, clock: Callable[[], float],
                  sleep: Callable[[float], None]) -> None:
@@ -303,7 +315,7 @@ class _Run:
         self.progress.record(ok=False)
 
 
-def run_batches(api: "BatchAPI", jobs: list[Job], render: Callable[[int], Prompt], cache: CompletionCache,
+def run_batches(api: BatchAPI, jobs: list[Job], render: Callable[[int], Prompt], cache: CompletionCache,
                 params: SamplingParams, *, model: str, settings: BatchSettings, budget: Budget | None,
                 progress: Progress, secret: str | None, clock: Callable[[], float] = time.monotonic,
                 sleep: Callable[[float], None] = time.sleep) -> list[str]:
