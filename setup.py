@@ -41,6 +41,8 @@ setuptools.setup(
         "httpx>=0.27",
         "sniffio>=1.3",  # httpcore retries a missing sniffio import on every request
         "matplotlib>=3.8",
+        "starlette>=0.37",  # distill serve
+        "uvicorn>=0.30",
         # Input pipeline (not needed by the accelerator half).
         "seqio>=0.0.19",
         "tensorflow>=2.18,<2.22",
@@ -58,6 +60,7 @@ setuptools.setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.29",
+            "openai>=1.40",
         ],
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.12"],

@@ -28,6 +28,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval",): ("distill.eval:main", "evaluate a checkpoint on the label task"),
     ("infer",): ("distill.infer:main", "decode a task's split with a checkpoint (gin)"),
     ("predict",): ("distill.predict:main", "predict labels/rationales for text or a JSONL file"),
+    ("serve",): ("distill.serve.cli:main", "serve a student behind an OpenAI-compatible API (dynamic batching)"),
     ("export",): ("distill.models.export:main", "export a checkpoint as a Hugging Face T5 directory"),
     ("quickstart",): ("distill.quickstart:main", "the whole pipeline on SVAMP with a tiny T5 on CPU"),
     ("sweep",): ("distill.sweep:main", "run a grid of experiments and collect results.csv"),
