@@ -107,3 +107,11 @@ def test_malformed_reference_block(tmp_path):
     (tmp_path / "anli1" / "llm" / "test_CoT_0.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(UserError, match=r"test_CoT_0.json: expected a JSON list of completions, got dict"):
         load_examples("anli1", "test", str(tmp_path))
+
+
+def test_two_cot_files_with_the_same_block_number_are_refused(tmp_path):
+    root = write_anli1(tmp_path, {"train": 8, "test": 8})
+    llm = root / "anli1" / "llm"
+    (llm / "test_CoT_00.json").write_text((llm / "test_CoT_0.json").read_text())
+    with pytest.raises(UserError, match="test_CoT_0.json and test_CoT_00.json are the same block number"):
+        load_examples("anli1", "test", str(root), with_teacher=True)

@@ -197,3 +197,16 @@ def test_a_trickling_server_hits_the_deadline_and_leaves_nothing(tmp_path):
         server.shutdown()
         server.server_close()
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+
+
+def test_symlink_members_are_refused(tmp_path):
+    archive = tmp_path / "links.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("datasets/svamp/svamp_train.json", SVAMP_TRAIN)
+        out.writestr("datasets/svamp/svamp_test.json", SVAMP_TRAIN)
+        link = zipfile.ZipInfo("datasets/svamp/llm/train_CoT_0.json")
+        link.external_attr = (0o120777 << 16)
+        out.writestr(link, "/etc/passwd")
+    with pytest.raises(UserError, match="is a symbolic link"):
+        download.unpack(str(archive), str(tmp_path / "data"))
+    assert not (tmp_path / "data" / "svamp").exists()

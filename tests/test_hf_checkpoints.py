@@ -168,3 +168,11 @@ def test_failed_export_leaves_the_previous_directory_intact(hf_dirs, tmp_path):
         save_hf_checkpoint(config, broken, out)
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_corrupt_safetensors_file_is_one_user_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "t5", "vocab_size": 64, "d_model": 8, "d_kv": 4, '
+                                          '"d_ff": 16, "num_heads": 2, "num_layers": 1}')
+    (tmp_path / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(UserError, match="model.safetensors is not a readable safetensors file"):
+        load_hf_checkpoint(tmp_path)

@@ -76,3 +76,14 @@ def test_a_cache_from_before_accounting_and_batches_opens_and_migrates(tmp_path)
     cache.close()
     reopened = CompletionCache(path)  # a second open migrates nothing twice
     assert reopened.count() == 2
+
+
+def test_a_sqlite_file_of_another_schema_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE completions (x INTEGER)")
+        db.execute("INSERT INTO completions VALUES (42)")
+    with pytest.raises(UserError, match="of another schema .*not written by `distill teacher`"):
+        CompletionCache(str(path))
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT x FROM completions").fetchall() == [(42,)]

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import zipfile
@@ -112,6 +113,8 @@ def _dataset_members(archive: zipfile.ZipFile, source: str) -> dict[str, list[zi
         if name.startswith(_SKIPPED_PREFIXES) or info.is_dir():
             continue
         parts = check_relative(name, source)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UserError(f"{source}: member {name!r} is a symbolic link; refusing to unpack this archive")
         if parts[0] == "datasets":
             parts = parts[1:]
         if len(parts) >= 2:

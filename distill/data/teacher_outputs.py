@@ -51,14 +51,22 @@ def cot_paths(name: str, data_dir: str, split: str) -> list[str]:
     if not os.path.isdir(folder):
         return []
     pattern = re.compile(rf"{re.escape(split)}_CoT_(\d+)\.json")
-    found = sorted(int(m.group(1)) for m in map(pattern.fullmatch, os.listdir(folder)) if m)
+    by_number: dict[int, list[str]] = {}
+    for entry in sorted(os.listdir(folder)):
+        match = pattern.fullmatch(entry)
+        if match:
+            by_number.setdefault(int(match.group(1)), []).append(entry)
+    clashes = [names for names in by_number.values() if len(names) > 1]
+    if clashes:
+        raise UserError(f"{folder}: {' and '.join(clashes[0])} are the same block number; keep one of them")
+    found = sorted(by_number)
     if found != list(range(len(found))):
         missing = min(set(range(max(found) + 1)) - set(found))
         raise UserError(
             f"{os.path.join(folder, f'{split}_CoT_{missing}.json')} is missing but later blocks exist; "
             f"the {split}_CoT_<i>.json files must be numbered 0, 1, 2, ... without gaps"
         )
-    return [os.path.join(folder, f"{split}_CoT_{i}.json") for i in found]
+    return [os.path.join(folder, by_number[i][0]) for i in found]
 
 
 def _from_completion(name: str, raw: object) -> dict:

@@ -187,9 +187,13 @@ class _TensorSource:
         self._torch = False
         for file in _weight_files(directory):
             if file.suffix == ".safetensors":
-                from safetensors import safe_open
+                from safetensors import SafetensorError, safe_open
 
-                handle = safe_open(str(file), framework="flax", device="cpu")
+                try:
+                    handle = safe_open(str(file), framework="flax", device="cpu")
+                except SafetensorError as err:
+                    raise UserError(f"{file} is not a readable safetensors file ({err}); re-download or "
+                                    "re-save the checkpoint") from None
                 keys = handle.keys()
             else:
                 self._torch = True

@@ -107,6 +107,11 @@ class CompletionCache:
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}
+            foreign = {"key", "texts", "prompt_tokens", "completion_tokens", "created"} - columns
+            if foreign:
+                raise UserError(f"teacher cache {path!r} holds a 'completions' table of another schema (no "
+                                f"{', '.join(sorted(foreign))}); it was not written by `distill teacher`: pass "
+                                "another --cache path (the file is left as it is)")
             if "run_id" not in columns:  # a cache from before per-run accounting
                 with self._db:
                     self._db.execute("ALTER TABLE completions ADD COLUMN run_id INTEGER")
