@@ -1,0 +1,143 @@
+"""`distill serve` throughput and latency, with and without dynamic batching, next to offline decoding.
+
+Starts `distill serve` twice on the same checkpoint (the default --max-batch-size, then
+--max-batch-size 1: every request decoded alone), and at each concurrency level sends --requests
+completion requests (greedy, the same prompts in the same order) from an asyncio client, keeping
+that many in flight. Reports requests/s, p50/p99 latency and the mean decoded batch size (from the
+server's /metrics). Then times `distill.predict.decode_texts` on the same inputs in this process:
+the offline ceiling, with no HTTP and perfect batches.
+
+    python scripts/bench_serve.py                       # a tiny random T5 (tests/serve_helpers.py)
+    python scripts/bench_serve.py --checkpoint runs/svamp_tiny --requests 512 --concurrency 1,16,64,256
+
+Start-up compilation is not timed (the server warms up before it listens; a few untimed requests
+go first). Run it on an idle machine: client, server and offline decoding share the CPUs.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # serve_helpers: the tiny student and the server process
+
+from serve_helpers import ServeProcess, make_student  # noqa: E402
+
+MODEL = "bench"
+SENTENCES = ["the quick brown fox jumps over the lazy dog", "a man is playing a guitar on the street",
+             "Ann has 3 apples and buys 4 more. How many apples does she have?",
+             "she sold four cups of lemonade and two cookies", "the lazy dog", "four cups"]
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=None,
+                        help="anything `distill serve` accepts (default: a tiny random T5 in a temp folder)")
+    parser.add_argument("--requests", type=int, default=256, help="timed requests per concurrency level")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma list of requests kept in flight")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="the batched server's --max-batch-size")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-input-tokens", type=int, default=128)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    if args.requests < 1 or min(args.levels) < 1:
+        parser.error("--requests and every --concurrency level must be >= 1")
+    return args
+
+
+def _prompts(n: int) -> list[str]:
+    """n prompts of varied length (1 or 2 sentences), fixed order."""
+    return [" ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(1 + i % 2)) for i in range(n)]
+
+
+async def _load(url: str, prompts: list[str], concurrency: int) -> tuple[float, list[float]]:
+    """(wall seconds, per-request latencies) for all prompts with `concurrency` requests in flight."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as client:
+        gate = asyncio.Semaphore(concurrency)
+        latencies: list[float] = []
+
+        async def one(prompt: str) -> None:
+            async with gate:
+                started = time.perf_counter()
+                response = await client.post("/v1/completions", json={"model": MODEL, "prompt": prompt})
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(p) for p in prompts))
+        return time.perf_counter() - started, latencies
+
+
+def _batcher_stats(url: str) -> dict:
+    import httpx
+
+    return httpx.get(url + "/metrics", timeout=60).json()["batcher"]
+
+
+def _serve_rows(checkpoint: pathlib.Path, args, max_batch_size: int, prompts: list[str], log_dir: pathlib.Path):
+    flags = ["--model-name", MODEL, "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+             "--max-new-tokens", str(args.max_new_tokens), "--max-input-tokens", str(args.max_input_tokens),
+             "--max-in-flight", str(max(args.levels) + 1)]
+    rows = []
+    with ServeProcess(checkpoint, flags, log_dir / f"serve_b{max_batch_size}.log", ready_timeout=1800) as server:
+        asyncio.run(_load(server.url, prompts[:4], 4))  # untimed: connections, first batches
+        for concurrency in args.levels:
+            before = _batcher_stats(server.url)
+            wall, latencies = asyncio.run(_load(server.url, prompts, concurrency))
+            after = _batcher_stats(server.url)
+            mean_batch = (after["rows"] - before["rows"]) / max(1, after["batches"] - before["batches"])
+            rows.append((f"serve --max-batch-size {max_batch_size}", concurrency, len(prompts) / wall,
+                         1000 * np.percentile(latencies, 50), 1000 * np.percentile(latencies, 99), mean_batch))
+        if server.terminate() != 0:
+            raise RuntimeError(f"distill serve did not exit cleanly; see {server.log}")
+    return rows
+
+
+def _offline_row(checkpoint: pathlib.Path, args, prompts: list[str]):
+    from distill import predict
+    from distill.run_dir import load_trained
+
+    trained = load_trained(str(checkpoint), require_tokenizer=True)
+    texts = [predict.TASK_PREFIXES["label"] + p for p in prompts]
+    options = dict(batch_size=args.max_batch_size, max_input_length=args.max_input_tokens,
+                   max_decode_length=args.max_new_tokens)
+    tokenizer = trained.tokenizer()
+    predict.decode_texts(trained.config, trained.params, tokenizer, texts, **options)  # compile
+    started = time.perf_counter()
+    predict.decode_texts(trained.config, trained.params, tokenizer, texts, **options)
+    wall = time.perf_counter() - started
+    batches = -(-len(texts) // args.max_batch_size)
+    return ("decode_texts (offline)", "-", len(texts) / wall, None, None, len(texts) / batches)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    prompts = _prompts(args.requests)
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as scratch:
+        scratch = pathlib.Path(scratch)
+        checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else make_student(scratch / "student")
+        rows = []
+        for max_batch_size in dict.fromkeys((args.max_batch_size, 1)):
+            rows += _serve_rows(checkpoint, args, max_batch_size, prompts, scratch)
+        rows.append(_offline_row(checkpoint, args, prompts))
+    print(f"{args.requests} requests per level, greedy, {args.max_new_tokens} new tokens, "
+          f"max {args.max_input_tokens} input tokens, checkpoint {args.checkpoint or 'tiny random T5'}")
+    print(f"{'setup':<28} {'concurrency':>11} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'mean batch':>10}")
+    for setup, concurrency, rate, p50, p99, batch in rows:
+        p50, p99 = ("-" if v is None else f"{v:.1f}" for v in (p50, p99))
+        print(f"{setup:<28} {concurrency!s:>11} {rate:>9.1f} {p50:>9} {p99:>9} {batch:>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
