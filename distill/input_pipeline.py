@@ -36,6 +36,7 @@ class TrainDataSpec:
     seed: int
     shard_index: int = 0
     num_shards: int = 1
+    trim_padding: bool = False  # unpacked rows only: cut each batch to a length bucket (see trim_padding)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -74,7 +75,7 @@ def check_data_state(spec: TrainDataSpec, state: Mapping[str, Any]) -> None:
     """
     saved = dict(state.get("data", {}))
     current = spec.to_json()
-    for key in ("mixture_or_task_name", "task_feature_lengths", "batch_size", "pack", "seed"):
+    for key in ("mixture_or_task_name", "task_feature_lengths", "batch_size", "pack", "seed", "trim_padding"):
         if key in saved and saved[key] != current[key]:
             raise UserError(
                 f"the checkpoint's data pipeline has {key}={saved[key]!r} but this run has {current[key]!r}: "
@@ -107,7 +108,40 @@ def _numpy_batches(spec: TrainDataSpec, *, skip: int) -> Iterator[dict[str, np.n
     options.deterministic = True
     ds = ds.with_options(options).prefetch(2)
     for batch in ds.as_numpy_iterator():
-        yield {name: np.asarray(value, dtype=np.int32) for name, value in batch.items()}
+        batch = {name: np.asarray(value, dtype=np.int32) for name, value in batch.items()}
+        yield trim_padding(batch) if spec.trim_padding else batch
+
+
+def bucket_length(needed: int, limit: int, smallest: int = 16) -> int:
+    """The smallest power of two >= needed (at least `smallest`), capped at `limit`."""
+    size = smallest
+    while size < needed:
+        size *= 2
+    return min(size, limit)
+
+
+def trim_padding(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An unpacked batch cut to the bucket of its longest input and its longest target.
+
+    The reference code pads each batch to its longest row; padding every row
+    to the full feature length (256/256 on SVAMP, whose rows hold ~60 and
+    ~15 tokens) computes several times more. Columns past the bucket are
+    padding in every row (weight 0, masked keys), so the loss and gradients
+    are those of the full batch; power-of-two buckets keep the number of
+    compiled step shapes small (at most log2(L/16)+1 per feature).
+    """
+    inputs = batch["encoder_input_tokens"]
+    targets = batch["decoder_target_tokens"]
+    width = {"encoder": bucket_length(_longest(inputs), inputs.shape[1]),
+             "decoder": bucket_length(_longest(targets), targets.shape[1])}
+    return {name: value[:, :width["encoder" if name.startswith("encoder") else "decoder"]]
+            for name, value in batch.items()}
+
+
+def _longest(tokens: np.ndarray) -> int:
+    """The largest index + 1 of a non-padding token over the rows (1 for an all-padding batch)."""
+    used = np.flatnonzero(tokens.any(axis=0))
+    return int(used[-1]) + 1 if used.size else 1
 
 
 def get_provider(name: str):

@@ -62,6 +62,7 @@ def train(
     initial_checkpoint_path: str | None = None,
     seed: int = 0,
     pack: bool = True,
+    trim_padding: bool = False,
     eval_period: int = 0,
     eval_splits: Sequence[str] = ("validation", "test"),
     eval_batch_size: int = 64,
@@ -101,6 +102,9 @@ def train(
       eval_max_examples: decode only the first N examples of each split (None = all).
       eval_period [EVAL_PERIOD], checkpoint_period [CHECKPOINT_PERIOD]: in steps,
         0 = only at the end. peak_flops [PEAK_FLOPS]: all devices' peak FLOP/s (MFU).
+      trim_padding [TRIM_PADDING]: unpacked rows only, cut each batch to a
+        power-of-two bucket of its longest input / target (as the reference
+        pads to the longest row); one process only.
       eval_baseline: with an initial checkpoint, evaluate it before step 1
         (metrics.json "baseline"; the pre-distillation accuracy to beat).
       early_stopping_patience: stop after this many evaluations without a
@@ -136,6 +140,9 @@ def train(
     partitioner = partitioner if partitioner is not None else Partitioner()
     partitioner.check_batch_size(batch_size)
     shard = partitioner.input_shard()
+    if trim_padding and (pack or shard.num_shards > 1):
+        raise UserError("TRIM_PADDING=True cuts unpacked rows to their batch's longest row: set PACK=False, and "
+                        "run one process (hosts would cut their shards to different lengths)")
     primary = jax.process_index() == 0
     run_info = run_dir.read_run(model_dir)
     if run_info:
@@ -168,7 +175,7 @@ def train(
     data_spec = input_pipeline.TrainDataSpec(
         mixture_or_task_name=mixture_or_task_name, task_feature_lengths=tuple(sorted(lengths.items())),
         batch_size=batch_size // shard.num_shards, pack=pack, seed=seed, shard_index=shard.index,
-        num_shards=shard.num_shards)
+        num_shards=shard.num_shards, trim_padding=trim_padding)
     manager = checkpointing.CheckpointManager(model_dir, save_every=checkpoint_period or train_steps,
                                               keep=keep_checkpoints, async_save=async_checkpointing)
     latest = manager.latest_step()
@@ -237,7 +244,8 @@ def train(
                 tokens=(input_tokens + target_tokens) * shard.num_shards,
                 flops=flops.train_flops(model_config, input_tokens=input_tokens * shard.num_shards,
                                         target_tokens=target_tokens * shard.num_shards,
-                                        input_length=lengths["inputs"], target_length=lengths["targets"]))
+                                        input_length=batch["encoder_input_tokens"].shape[1],
+                                        target_length=batch["decoder_target_tokens"].shape[1]))
             if step % log_period == 0 or step == train_steps:
                 scalars = _mean_metrics(jax.device_get(pending))
                 if learning_rate_fn is not None:

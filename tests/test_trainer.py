@@ -96,3 +96,21 @@ def test_bad_input_is_a_user_error(trainer, initial_params):
     del broken["token_embedder"]
     with pytest.raises(UserError, match="lack"):
         trainer.init_from_params(broken)
+
+
+def test_trimmed_padding_gives_the_full_batchs_loss(trainer, initial_params):
+    """Unpacked rows cut to their bucket (input_pipeline.trim_padding): same loss, fewer columns."""
+    from distill.input_pipeline import trim_padding
+
+    rows = make_batch(3, input_length=24, target_length=16)  # padded out to 64 / 48 columns, as seqio pads
+    batch = {name: np.pad(value, ((0, 0), (0, (64 if name.startswith("encoder") else 48) - value.shape[1])))
+             for name, value in rows.items()}
+    trimmed = trim_padding(batch)
+    assert trimmed["encoder_input_tokens"].shape[1] == 32 and trimmed["decoder_target_tokens"].shape[1] == 16
+    for name, value in batch.items():  # nothing but padding was cut
+        assert not value[:, trimmed[name].shape[1]:].any()
+        np.testing.assert_array_equal(value[:, :trimmed[name].shape[1]], trimmed[name])
+    state = trainer.init_from_params(initial_params)
+    full, cut = trainer.eval_step(state, batch), trainer.eval_step(state, trimmed)
+    for key in ("loss", "label_loss", "rationale_loss", "label_tokens", "rationale_tokens"):
+        np.testing.assert_allclose(float(cut[key]), float(full[key]), rtol=1e-5, atol=1e-6)
