@@ -137,13 +137,16 @@ class InProcessServer:
 
 
 class GatedDecoder:
-    """A `RowDecoder` (distill/serve/decoder.py) that returns each input without its EOS once `gate` is set."""
+    """A `RowDecoder` (distill/serve/decoder.py) that returns each input without its EOS once `gate` is set.
+
+    calls: (method, row lengths, rng) of every batch, in decode order.
+    """
 
     max_batch_size = 4
 
     def __init__(self) -> None:
         self.gate = threading.Event()
-        self.batches: list[int] = []
+        self.calls: list[tuple[str, list[int], tuple]] = []
 
     def length_bucket(self, length: int) -> int:
         return 16 if length <= 16 else 64
@@ -153,7 +156,7 @@ class GatedDecoder:
 
         if not self.gate.wait(60):
             raise TimeoutError("the test never opened the gate")
-        self.batches.append(len(rows))
+        self.calls.append((settings.method, [len(row) for row in rows], rng))
         return [Generated(list(row[:-1]), True) for row in rows]
 
 

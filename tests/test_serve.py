@@ -322,4 +322,32 @@ def test_graceful_stop_finishes_the_requests_in_flight(student):
     server.thread.join(60)
     assert not server.thread.is_alive()
     assert sorted(r.status_code for r in results) == [200, 200, 200]
-    assert sum(decoder.batches) == 3
+    assert sum(len(lengths) for _, lengths, _ in decoder.calls) == 3
+
+
+def test_batcher_groups_rows_by_settings_and_length_bucket():
+    """Rows share a batch only with the same settings and length bucket; a seeded group is private."""
+    from distill.serve.batcher import Batcher
+    from distill.serve.decoder import GREEDY, Settings
+
+    decoder = GatedDecoder()
+    decoder.gate.set()
+    hot = Settings("sample", temperature=0.7)
+
+    async def run():
+        batcher = Batcher(decoder, max_wait_s=0.05)
+        batcher.start()
+        futures = batcher.submit([[5] * 3 + [1], [6] * 30 + [1], [7] * 4 + [1]], GREEDY)
+        futures += batcher.submit([[8] * 2 + [1]] * 6, GREEDY)  # 8 rows of bucket 16, first come first: 4 + 4
+        futures += batcher.submit([[9, 1], [9, 1]], hot)
+        futures += batcher.submit([[9, 1]], hot, seed=11)
+        results = await asyncio.gather(*futures)
+        await batcher.stop()
+        return results, batcher.stats()
+
+    results, stats = asyncio.run(run())
+    assert [r.ids for r in results[:3]] == [[5] * 3, [6] * 30, [7] * 4]
+    assert sorted((method, sorted(lengths)) for method, lengths, _ in decoder.calls) == [
+        ("greedy", [3, 3, 3, 3]), ("greedy", [3, 3, 4, 5]), ("greedy", [31]), ("sample", [2]), ("sample", [2, 2])]
+    assert [rng for method, lengths, rng in decoder.calls if method == "sample" and len(lengths) == 1] == [(11, 16, 0)]
+    assert stats["rows"] == 12 and stats["batch_sizes"] == {"1": 2, "2": 1, "4": 2}

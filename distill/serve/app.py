@@ -1,7 +1,7 @@
 """The ASGI application: OpenAI-compatible routes over the dynamic batcher.
 
-Routes: GET /health, GET /metrics (batch sizes, request counts, compiled shapes; JSON),
-GET /v1/models, POST /v1/completions, POST /v1/chat/completions. Every refusal is OpenAI's
+Routes: GET /health and GET /metrics (batch sizes, request counts, compiled shapes; JSON), which
+need no key, GET /v1/models, POST /v1/completions, POST /v1/chat/completions. Every refusal is OpenAI's
 error body (distill/serve/protocol.py) and leaves the server running:
 
 - 401 without the right `Authorization: Bearer` key (compared in constant time; never logged);
@@ -40,6 +40,7 @@ from distill.serve.decoder import RowDecoder
 from distill.serve.protocol import ApiError
 
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+ROUTES = ("/health", "/metrics", "/v1/models", *GENERATION_PATHS)  # others count as one, so /metrics stays small
 DRAIN_FACTOR = 8  # read (and drop) up to this many times the body limit, so the 413 reaches the client
 
 log = logging.getLogger("distill.serve")
@@ -68,7 +69,7 @@ class Traffic:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = f"{scope['method']} {scope['path']}"
+        route = f"{scope['method']} {scope['path'] if scope['path'] in ROUTES else '(other)'}"
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -43,7 +43,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="decode length of every batch; a larger max_tokens gets 400 (default %(default)s)")
     add("--max-in-flight", type=int, default=256,
         help="generation requests in flight before new ones get 429 (default %(default)s)")
-    add("--max-body-bytes", type=int, default=1 << 20, help="largest request body; larger gets 413 (default %(default)s)")
+    add("--max-body-bytes", type=int, default=1 << 20,
+        help="largest request body; larger gets 413 (default %(default)s)")
     args = parser.parse_args(argv)
     for name, low in (("max_batch_size", 1), ("max_input_tokens", 2), ("max_new_tokens", 1), ("max_in_flight", 1),
                       ("max_body_bytes", 256)):

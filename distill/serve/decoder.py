@@ -29,7 +29,7 @@ from distill.models.t5 import T5Config
 SMALLEST_LENGTH_BUCKET = 16
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, order=True)
 class Settings:
     """What rows must share to be decoded in one batch: one compiled program per value (and shape)."""
 
@@ -154,7 +154,5 @@ class Decoder:
         """Every (settings, shape) decoded since start-up, with its batch count and whether warm-up compiled it."""
         with self._lock:
             counts = dict(self._batches)
-        keys = sorted(set(counts) | self.warmed, key=lambda k: (k[0].method, k[0].temperature, k[0].top_p,
-                                                                 k[0].num_beams, k[1], k[2]))
-        return [{**settings.describe(), "rows": rows, "length": length, "batches": counts.get((settings, rows, length), 0),
-                 "warmed": (settings, rows, length) in self.warmed} for settings, rows, length in keys]
+        return [{**key[0].describe(), "rows": key[1], "length": key[2], "batches": counts.get(key, 0),
+                 "warmed": key in self.warmed} for key in sorted(set(counts) | self.warmed)]

@@ -135,10 +135,10 @@ def _content_text(content: Any) -> str:
     """A message's text: a string, or the text parts of a content list."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                         for p in content):
-        return "".join(p["text"] for p in content)
-    raise _bad("messages", "a user message's content must be a string or a list of {\"type\": \"text\", \"text\"} parts")
+    if isinstance(content, list) and all(isinstance(part, dict) and part.get("type") == "text"
+                                         and isinstance(part.get("text"), str) for part in content):
+        return "".join(part["text"] for part in content)
+    raise _bad("messages", 'a user message\'s content must be a string or a list of {"type": "text", "text"} parts')
 
 
 def parse_request(body: dict, *, chat: bool, limits: Limits) -> Request:
