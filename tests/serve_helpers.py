@@ -100,10 +100,10 @@ class ServeProcess:
         return self
 
     def __exit__(self, *_) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._log_handle.close()
+        try:
+            self.terminate(timeout=30)
+        finally:
+            self._log_handle.close()
 
 
 class InProcessServer:

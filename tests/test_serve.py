@@ -250,9 +250,14 @@ def test_teacher_round_trip_writes_a_file_data_stats_reads(server, tmp_path):
     assert sum(row["parse_failures"] for row in table.values()) == 10, table
 
 
-def test_sigterm_exits_zero_and_the_log_never_holds_the_key(server, client):
-    assert client.completions.create(model=MODEL, prompt=PROMPTS[0]).choices
-    assert server.terminate() == 0
+def test_sigterm_exits_zero_and_the_log_never_holds_the_key(student, tmp_path):
+    """A server of its own (one bucket shape), so the module's server survives any test order."""
+    args = ["--model-name", MODEL, "--api-key-env", KEY_ENV, "--max-batch-size", "1", "--max-input-tokens", "16",
+            "--max-new-tokens", "4"]
+    with ServeProcess(student, args, tmp_path / "serve.log", env={KEY_ENV: KEY}) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        assert client.completions.create(model=MODEL, prompt="four cups").choices
+        assert server.terminate() == 0
     log = server.log.read_text()
     assert "Application shutdown complete" in log and KEY not in log
 

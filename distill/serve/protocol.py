@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from distill.serve.decoder import GREEDY, Generated, Settings
 
 MAX_N = 128
+MAX_CHOICES = 1024  # prompts x n of one request
 MAX_BEAMS = 16
 MAX_STOP = 4
 
@@ -174,7 +175,10 @@ def parse_request(body: dict, *, chat: bool, limits: Limits) -> Request:
     if options is not None and not isinstance(options, dict):
         raise _bad("stream_options", "expected an object")
     include_usage = _flag(options or {}, "include_usage")
-    return Request(chat=chat, texts=texts, n=_integer(body, "n", 1, 1, MAX_N), max_tokens=max_tokens,
+    n = _integer(body, "n", 1, 1, MAX_N)
+    if len(texts) * n > MAX_CHOICES:
+        raise _bad("n", f"{len(texts)} prompts x n={n} is over {MAX_CHOICES} choices per request: split it")
+    return Request(chat=chat, texts=texts, n=n, max_tokens=max_tokens,
                    settings=settings, stop=_stop(body), seed=_integer(body, "seed", None), stream=stream,
                    include_usage=include_usage)
 
