@@ -191,7 +191,7 @@ def predict_batch(
 # ----------------------------------------------------------------------------
 
 
-def _detokenize(vocabulary: Vocabulary, ids: list[int], *, eos_id: int, unk_id: int = 2) -> str:
+def detokenize(vocabulary: Vocabulary, ids: list[int], *, eos_id: int, unk_id: int = 2) -> str:
     """Text of the ids before EOS. Ids the tokenizer does not have (a model's vocab_size is
     often rounded up past the SentencePiece size, e.g. 32128 vs 32000) become `unk_id`."""
     ids = ids[: ids.index(eos_id)] if eos_id in ids else ids
@@ -271,7 +271,7 @@ def decode_ids(
                                           max_decode_length=max_decode_length, length_penalty=length_penalty,
                                           **options))
         for row, i in enumerate(chunk):
-            predictions[i] = _detokenize(vocabulary, tokens[row].tolist(), eos_id=eos)
+            predictions[i] = detokenize(vocabulary, tokens[row].tolist(), eos_id=eos)
     return predictions
 
 

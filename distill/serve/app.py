@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from distill.predict import detokenize
 from distill.serve import protocol
 from distill.serve.batcher import Batcher
 from distill.serve.decoder import RowDecoder
@@ -124,7 +125,6 @@ class Service:
         self.options = options
         self.eos_id = eos_id
         self.batcher = Batcher(decoder, max_wait_s=options.max_wait_s)
-        self._pieces = tokenizer.get_piece_size()
 
     def check_key(self, request: HttpRequest) -> None:
         expected = self.options.api_key
@@ -139,9 +139,8 @@ class Service:
             raise ApiError(401, "incorrect API key", code="invalid_api_key")
 
     def detokenize(self, ids: list[int]) -> str:
-        """Text of generated ids; ids past the tokenizer (the model's vocab is often rounded up) read as unk."""
-        unk = self.tokenizer.unk_id()
-        return self.tokenizer.decode([i if 0 <= i < self._pieces else unk for i in ids])
+        """Text of generated ids (distill/predict.py's rule: ids past the tokenizer read as unk)."""
+        return detokenize(self.tokenizer, ids, eos_id=self.eos_id, unk_id=self.tokenizer.unk_id())
 
     async def generate(self, http: HttpRequest, chat: bool) -> Response:
         self.check_key(http)
