@@ -150,7 +150,8 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
                    train_fraction=macro("%TRAIN_FRACTION"))
     spec = input_pipeline.TrainDataSpec(
         mixture_or_task_name=macro("%MIXTURE_OR_TASK_NAME"), task_feature_lengths=tuple(sorted(lengths.items())),
-        batch_size=batch_size or macro("%BATCH_SIZE"), pack=macro("%PACK"), seed=macro("%SEED"))
+        batch_size=batch_size or macro("%BATCH_SIZE"), pack=macro("%PACK"), seed=macro("%SEED"),
+        trim_padding=macro("%TRIM_PADDING") and not macro("%PACK"))
     if reference_mode:
         tokens = reference_tokens_per_step(reference_mode, load_vocabulary(vocab_path), data_dir)
         print(f"reference {reference_mode}: {tokens:,.0f} non-padding tokens/step on SVAMP with this vocabulary "
@@ -236,7 +237,8 @@ def measure(config: Any, optimizer: Any, batches: Iterator[dict[str, np.ndarray]
         tokens += n_in + n_tgt
         sequences += count_sequences(batch)
         total_flops += flops.train_flops(config, input_tokens=n_in, target_tokens=n_tgt,
-                                         input_length=lengths["inputs"], target_length=lengths["targets"])
+                                         input_length=batch["encoder_input_tokens"].shape[1],
+                                         target_length=batch["decoder_target_tokens"].shape[1])
         state, metrics = trainer.train_step(state, batch)
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - start
