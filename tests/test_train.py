@@ -71,7 +71,9 @@ def test_sigterm_saves_then_resume_writes_every_output(shared_data_dir, tmp_path
     for split in ("validation", "test"):
         records = [json.loads(line) for line in
                    (model_dir / "predictions" / f"{split}_step{final_step}.jsonl").read_text().splitlines()]
-        assert len(records) == 4 and set(records[0]) == {"input", "target", "prediction"}
+        assert len(records) == 4 and set(records[0]) == {"input", "target", "prediction", "correct"}
+        accuracy = metrics["evals"][str(final_step)][split]["accuracy"]
+        assert sum(r["correct"] for r in records) / 4 == pytest.approx(accuracy)  # per-example = the metric
         assert records[0]["input"].startswith("[label] ")
     rationales = (model_dir / "predictions" / f"rationales_step{final_step}.jsonl").read_text().splitlines()
     assert len(rationales) == 2 and json.loads(rationales[0])["input"].startswith("[rationale] ")
