@@ -199,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from distill import cli  # the package's one error boundary (distill/cli.py run_main)
+
+    sys.exit(cli.main(["teacher", *sys.argv[1:]]))
