@@ -25,6 +25,7 @@ def _t5x_train(model_dir, vocab, *, steps: int) -> str:
         "--gin.NUM_MICROBATCHES=2", "--gin.EVAL_PERIOD=2", "--gin.utils.SaveCheckpointConfig.period=2",
         f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file='{vocab}'",
         "--gin.network.T5Config.vocab_size=256", "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 128}",
+        "--gin.RANDOM_SEED=0", "--gin.train/utils.DatasetConfig.seed=0",  # T5X reseeds data each run by default
         "--gin.train.train_eval_dataset_cfg=None", "--gin.train.infer_eval_dataset_cfg=None",  # time
     ]
     env = t5x_helpers.subprocess_env(DISTILL_VOCABULARY=vocab, XLA_FLAGS=(
