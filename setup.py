@@ -43,6 +43,8 @@ setuptools.setup(
         "matplotlib>=3.8",
         "starlette>=0.37",  # distill serve
         "uvicorn>=0.30",
+        "httptools>=0.6",  # uvicorn's C HTTP parser: h11 (pure Python) costs more per request than routing
+        "uvloop>=0.19; sys_platform != 'win32'",
         # Input pipeline (not needed by the accelerator half).
         "seqio>=0.0.19",
         "tensorflow>=2.18,<2.22",

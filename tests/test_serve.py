@@ -1,6 +1,6 @@
 """`distill serve` judged by the official `openai` client: outputs, batching, errors, round trip, shutdown.
 
-One server subprocess (a tiny random T5 student, rows {1, 2, 4} x input lengths {16, 64} compiled
+One server subprocess (a tiny random T5 student, rows {1, 2, 4} x input lengths {16, 32, 64} compiled
 at start-up) serves most tests; the expected outputs come from `distill.predict.decode_texts` on
 the same checkpoint in this process. Tests that must hold requests in flight (429, graceful
 shutdown) run the same ASGI app in a thread with a fake decoder whose gate the test opens, so
@@ -183,7 +183,7 @@ def test_64_concurrent_requests_are_answered_in_batches(server, expected):
     assert max(sizes) > 1, metrics["batcher"]
     greedy = [p for p in metrics["programs"] if p["method"] == "greedy"]
     assert all(p["warmed"] for p in greedy), "a greedy request compiled a new program"
-    assert {(p["rows"], p["length"]) for p in greedy} == {(r, n) for r in (1, 2, 4) for n in (16, 64)}
+    assert {(p["rows"], p["length"]) for p in greedy} == {(r, n) for r in (1, 2, 4) for n in (16, 32, 64)}
 
 
 def _post(server, path="/v1/completions", body=None, *, key=KEY, content=None):
@@ -356,3 +356,34 @@ def test_batcher_groups_rows_by_settings_and_length_bucket():
         ("greedy", [3, 3, 3, 3]), ("greedy", [3, 3, 4, 5]), ("greedy", [31]), ("sample", [2]), ("sample", [2, 2])]
     assert [rng for method, lengths, rng in decoder.calls if method == "sample" and len(lengths) == 1] == [(11, 16, 0)]
     assert stats["rows"] == 12 and stats["batch_sizes"] == {"1": 2, "2": 1, "4": 2}
+
+
+def test_batcher_fills_a_batch_with_shorter_rows_and_skips_the_wait_when_every_request_is_queued():
+    """A long row's batch takes the short rows along (same settings, not seeded); when every request
+    in flight has rows queued, batches go at once, although max_wait is a minute."""
+    from distill.serve.batcher import Batcher
+    from distill.serve.decoder import GREEDY, Settings
+
+    decoder = GatedDecoder()
+    decoder.gate.set()
+    hot = Settings("sample", temperature=0.7)
+    requests: list[list[asyncio.Future]] = []
+
+    def in_flight() -> int:  # as the server counts: a request leaves once all its rows are answered
+        return sum(not all(future.done() for future in futures) for futures in requests)
+
+    async def run():
+        batcher = Batcher(decoder, max_wait_s=60.0, in_flight=in_flight)
+        batcher.start()
+        requests.append(batcher.submit([[6] * 30 + [1]], GREEDY))          # bucket 64, the oldest
+        requests.append(batcher.submit([[5, 1], [7, 7, 1]], GREEDY))      # bucket 16: rides along
+        requests.append(batcher.submit([[8] * 40 + [1]], hot, seed=3))    # seeded: never shares
+        requests.append(batcher.submit([[9, 1]], hot))                     # other settings: never rides
+        results = await asyncio.wait_for(asyncio.gather(*(f for futures in requests for f in futures)), 30)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(run())
+    assert [r.ids for r in results] == [[6] * 30, [5], [7, 7], [8] * 40, [9]]
+    assert sorted((method, lengths) for method, lengths, _ in decoder.calls) == [
+        ("greedy", [31, 2, 3]), ("sample", [2]), ("sample", [41])]

@@ -25,7 +25,7 @@ import hmac
 import logging
 import secrets
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -119,12 +119,13 @@ async def read_body(request: HttpRequest, limit: int) -> bytes:
 class Service:
     """The routes' state: tokenizer, batcher, options; one per application."""
 
-    def __init__(self, decoder: RowDecoder, tokenizer, options: ServeOptions, eos_id: int) -> None:
+    def __init__(self, decoder: RowDecoder, tokenizer, options: ServeOptions, eos_id: int,
+                 in_flight: Callable[[], int]) -> None:
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.options = options
         self.eos_id = eos_id
-        self.batcher = Batcher(decoder, max_wait_s=options.max_wait_s)
+        self.batcher = Batcher(decoder, max_wait_s=options.max_wait_s, in_flight=in_flight)
 
     def check_key(self, request: HttpRequest) -> None:
         expected = self.options.api_key
@@ -144,8 +145,8 @@ class Service:
 
     async def generate(self, http: HttpRequest, chat: bool) -> Response:
         self.check_key(http)
-        body = protocol.parse_body(await read_body(http, self.options.max_body_bytes))
         limits = self.options.limits
+        body = protocol.parse_body(await read_body(http, self.options.max_body_bytes))
         request = protocol.parse_request(body, chat=chat, limits=limits)
         encoded = protocol.encode_inputs(request, self.tokenizer.encode, prefix=self.options.task_prefix,
                                          eos_id=self.eos_id, max_input_tokens=limits.max_input_tokens)
@@ -203,7 +204,7 @@ class Service:
 
 def create_app(decoder: RowDecoder, tokenizer, options: ServeOptions, *, eos_id: int = 1) -> Traffic:
     """The ASGI application (Starlette inside `Traffic`); the batcher starts and stops with its lifespan."""
-    service = Service(decoder, tokenizer, options, eos_id)
+    service = Service(decoder, tokenizer, options, eos_id, in_flight=lambda: traffic.in_flight)
 
     async def health(_: HttpRequest) -> Response:
         return JSONResponse({"status": "ok"})

@@ -3,9 +3,15 @@
 A request becomes rows (one per prompt; times n when sampling) and `submit` returns one future per
 row. Rows wait in groups keyed by (decoding settings, input-length bucket), since only rows with
 the same settings run through one compiled program and a shared length bucket keeps padding low.
-A group is decoded when it holds max_batch_size rows, when its oldest row has waited max_wait, or
-at once when it is private: a seeded sampling request gets a group of its own, so its draws do not
-depend on who else happened to be waiting.
+A group is decoded when it holds max_batch_size rows, when its oldest row has waited max_wait with
+the decoder free (the wait is counted from the later of the row's arrival and the end of the last
+decode: under load every queued row has waited through a decode, and a batch taken the moment the
+decoder frees up is as small as the requests that happened to arrive meanwhile), when
+every request the server holds has rows queued (none is being read or answered, so no more rows can
+come soon and waiting would only add latency), or at once when it is private: a seeded sampling request gets a group of
+its own, so its draws do not depend on who else happened to be waiting. A batch with room left
+takes rows of shorter length buckets with the same settings, oldest first: they fit the batch's
+shape, so under load batches fill up instead of splitting by length.
 
 Decoding runs on one worker thread (one accelerator runs one program at a time; jax releases the
 GIL while it runs), so the event loop keeps reading requests and answering /health meanwhile, and
@@ -20,7 +26,7 @@ import dataclasses
 import itertools
 import secrets
 import time
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 from distill.serve.decoder import Generated, RowDecoder, Settings
 
@@ -32,6 +38,7 @@ class _Row:
     ids: list[int]
     future: asyncio.Future
     arrived: float
+    request: int  # which submit() it came from
 
 
 @dataclasses.dataclass
@@ -42,17 +49,31 @@ class _Group:
     rows: collections.deque = dataclasses.field(default_factory=collections.deque)
     batches: int = 0
 
-    def ready(self, now: float, max_rows: int, max_wait: float) -> bool:
-        return self.seed is not None or len(self.rows) >= max_rows or now - self.rows[0].arrived >= max_wait
+    def ready(self, now: float, max_rows: int, max_wait: float, free_since: float) -> bool:
+        return self.seed is not None or len(self.rows) >= max_rows or now - self.waited_from(free_since) >= max_wait
+
+    def waited_from(self, free_since: float) -> float:
+        return max(self.rows[0].arrived, free_since)
+
+    def takes_riders(self) -> bool:
+        return self.seed is None  # a seeded group's draws depend on its own rows only
 
 
 class Batcher:
-    """Collects rows into batches and decodes them with a `RowDecoder` on a worker thread."""
+    """Collects rows into batches and decodes them with a `RowDecoder` on a worker thread.
 
-    def __init__(self, decoder: RowDecoder, *, max_wait_s: float) -> None:
+    in_flight: how many generation requests the server holds (being read, queued, decoded or
+    answered); with it, the batcher stops waiting once all of them have rows queued.
+    """
+
+    def __init__(self, decoder: RowDecoder, *, max_wait_s: float, in_flight: Callable[[], int] | None = None) -> None:
         self._decoder = decoder
         self._max_rows = decoder.max_batch_size
         self._max_wait = max_wait_s
+        self._in_flight = in_flight
+        self._request_ids = itertools.count()
+        self._free_since = 0.0  # loop time the last decode ended
+        self._queued_per_request: collections.Counter[int] = collections.Counter()
         self._groups: dict[Hashable, _Group] = {}
         self._private_ids = itertools.count()
         self._batch_seeds = itertools.count(secrets.randbelow(RNG_MODULUS))  # unseeded sampling
@@ -75,6 +96,7 @@ class Batcher:
             for row in group.rows:
                 row.future.cancel()
         self._groups.clear()
+        self._queued_per_request.clear()
         self._executor.shutdown(wait=True)
 
     def submit(self, rows: Sequence[list[int]], settings: Settings, *, seed: int | None = None) -> list[asyncio.Future]:
@@ -85,6 +107,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         private = None if seed is None else next(self._private_ids)
+        request = next(self._request_ids)
         futures = []
         for ids in rows:
             length = self._decoder.length_bucket(len(ids))
@@ -93,17 +116,34 @@ class Batcher:
             if group is None:
                 group = self._groups[key] = _Group(settings, length, None if seed is None else seed % RNG_MODULUS)
             future = loop.create_future()
-            group.rows.append(_Row(list(ids), future, now))
+            group.rows.append(_Row(list(ids), future, now, request))
             futures.append(future)
+            self._queued_per_request[request] += 1
         self._wakeup.set()
         return futures
 
     def queued_rows(self) -> int:
         return sum(len(group.rows) for group in self._groups.values())
 
+    def _all_requests_queued(self) -> bool:
+        return self._in_flight is not None and self._in_flight() <= len(self._queued_per_request)
+
+    def _take(self, key: Hashable, count: int) -> list[_Row]:
+        """The first `count` rows of a group, off the queue (the group goes when empty)."""
+        group = self._groups[key]
+        taken = [group.rows.popleft() for _ in range(min(count, len(group.rows)))]
+        if not group.rows:
+            del self._groups[key]
+        for row in taken:
+            self._queued_per_request[row.request] -= 1
+            if not self._queued_per_request[row.request]:
+                del self._queued_per_request[row.request]
+        return taken
+
     def _next_ready(self, now: float) -> tuple[Hashable, _Group] | None:
+        max_wait = 0.0 if self._all_requests_queued() else self._max_wait
         ready = [(group.rows[0].arrived, key) for key, group in self._groups.items()
-                 if group.ready(now, self._max_rows, self._max_wait)]
+                 if group.ready(now, self._max_rows, max_wait, self._free_since)]
         if not ready:
             return None
         key = min(ready, key=lambda item: item[0])[1]
@@ -112,7 +152,7 @@ class Batcher:
     def _seconds_to_next(self, now: float) -> float | None:
         if not self._groups:
             return None
-        return max(0.0, min(g.rows[0].arrived for g in self._groups.values()) + self._max_wait - now)
+        return max(0.0, min(g.waited_from(self._free_since) for g in self._groups.values()) + self._max_wait - now)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -126,13 +166,24 @@ class Batcher:
                     pass
                 continue
             key, group = found
-            taken = [group.rows.popleft() for _ in range(min(self._max_rows, len(group.rows)))]
-            if not group.rows:
-                del self._groups[key]
+            taken = self._take(key, self._max_rows)
+            if len(taken) < self._max_rows and group.takes_riders():
+                taken += self._riders(group, self._max_rows - len(taken))
             live = [row for row in taken if not row.future.done()]  # a disconnected client's rows are dropped
             if live:
                 await self._decode(loop, group, live)
+                self._free_since = loop.time()
             group.batches += 1
+
+    def _riders(self, batch: _Group, room: int) -> list[_Row]:
+        """Up to `room` rows of shorter buckets with the batch's settings, oldest first, taken off their groups."""
+        donors = sorted(((group.rows[0].arrived, key) for key, group in self._groups.items()
+                         if group.settings == batch.settings and group.length < batch.length and group.takes_riders()),
+                        key=lambda item: item[0])
+        riders: list[_Row] = []
+        for _, key in donors:
+            riders += self._take(key, room - len(riders))
+        return riders
 
     async def _decode(self, loop: asyncio.AbstractEventLoop, group: _Group, rows: list[_Row]) -> None:
         if group.settings.method != "sample":

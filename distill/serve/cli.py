@@ -45,6 +45,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="generation requests in flight before new ones get 429 (default %(default)s)")
     add("--max-body-bytes", type=int, default=1 << 20,
         help="largest request body; larger gets 413 (default %(default)s)")
+    add("--access-log", action="store_true",
+        help="log one line per request (off by default: formatting it costs about as much as the routing)")
     args = parser.parse_args(argv)
     for name, low in (("max_batch_size", 1), ("max_input_tokens", 2), ("max_new_tokens", 1), ("max_in_flight", 1),
                       ("max_body_bytes", 256)):
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                            task_prefix=TASK_PREFIXES[args.task], api_key=api_key, max_in_flight=args.max_in_flight,
                            max_body_bytes=args.max_body_bytes, max_wait_s=args.max_wait_ms / 1000)
     app = create_app(decoder, tokenizer, options, eos_id=trained.config.eos_token_id)
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="info"))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="info", access_log=args.access_log))
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"distill serve: {model_name} on http://{shown}:{port}/v1", file=sys.stderr, flush=True)
     _exit_quietly_after_a_graceful_stop()

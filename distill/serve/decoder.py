@@ -5,8 +5,10 @@ Every batch runs through `distill.predict.predict_batch`, which compiles one pro
 fixed handful of programs, each batch is padded to a bucket shape [rows, length]:
 
 - rows: the next power of two, 1, 2, 4, ... up to max_batch_size (which is itself a bucket);
-- length (encoder tokens, EOS included): the next rung of 16, 64, 256, ... (powers of four times
-  16) below max_input_tokens, or max_input_tokens itself.
+- length (encoder tokens, EOS included): the next rung of 16, 32, 64, ... (powers of two from
+  16) below max_input_tokens, or max_input_tokens itself. Rungs of two, not four: a batch's cost
+  grows with its encoder length (scripts/bench_serve.py), and padding a 20-token prompt to 64
+  doubles it.
 
 The decode length is always max_new_tokens: a request for fewer tokens is cut afterwards
 (distill/serve/protocol.py), so it never compiles a program of its own. `warm_up` compiles the
@@ -75,12 +77,12 @@ def row_buckets(max_batch_size: int) -> list[int]:
 
 
 def length_buckets(max_input_tokens: int) -> list[int]:
-    """16, 64, 256, ... below max_input_tokens, then max_input_tokens."""
+    """16, 32, 64, ... below max_input_tokens, then max_input_tokens."""
     buckets = []
     size = SMALLEST_LENGTH_BUCKET
     while size < max_input_tokens:
         buckets.append(size)
-        size *= 4
+        size *= 2
     return buckets + [max_input_tokens]
 
 
