@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.batch_packing import bucket_length, pack_batch
 from distill.errors import UserError
 
 
@@ -37,6 +38,8 @@ class TrainDataSpec:
     shard_index: int = 0
     num_shards: int = 1
     trim_padding: bool = False  # unpacked rows only: cut each batch to a length bucket (see trim_padding)
+    pack_batch: bool = False  # unpacked rows only: re-pack each batch's sequences (distill/batch_packing.py)
+    row_multiple: int = 1  # pack_batch: row count a multiple of this (data-parallel size x microbatches)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -75,7 +78,8 @@ def check_data_state(spec: TrainDataSpec, state: Mapping[str, Any]) -> None:
     """
     saved = dict(state.get("data", {}))
     current = spec.to_json()
-    for key in ("mixture_or_task_name", "task_feature_lengths", "batch_size", "pack", "seed", "trim_padding"):
+    for key in ("mixture_or_task_name", "task_feature_lengths", "batch_size", "pack", "seed", "trim_padding",
+                "pack_batch"):
         if key in saved and saved[key] != current[key]:
             raise UserError(
                 f"the checkpoint's data pipeline has {key}={saved[key]!r} but this run has {current[key]!r}: "
@@ -109,15 +113,10 @@ def _numpy_batches(spec: TrainDataSpec, *, skip: int) -> Iterator[dict[str, np.n
     ds = ds.with_options(options).prefetch(2)
     for batch in ds.as_numpy_iterator():
         batch = {name: np.asarray(value, dtype=np.int32) for name, value in batch.items()}
-        yield trim_padding(batch) if spec.trim_padding else batch
-
-
-def bucket_length(needed: int, limit: int, smallest: int = 16) -> int:
-    """The smallest power of two >= needed (at least `smallest`), capped at `limit`."""
-    size = smallest
-    while size < needed:
-        size *= 2
-    return min(size, limit)
+        if spec.pack_batch:
+            yield pack_batch(batch, row_multiple=spec.row_multiple)
+        else:
+            yield trim_padding(batch) if spec.trim_padding else batch
 
 
 def trim_padding(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -63,6 +63,7 @@ def train(
     seed: int = 0,
     pack: bool = True,
     trim_padding: bool = False,
+    pack_batch: bool = False,
     eval_period: int = 0,
     eval_splits: Sequence[str] = ("validation", "test"),
     eval_batch_size: int = 64,
@@ -105,6 +106,9 @@ def train(
       trim_padding [TRIM_PADDING]: unpacked rows only, cut each batch to a
         power-of-two bucket of its longest input / target (as the reference
         pads to the longest row); one process only.
+      pack_batch [PACK_BATCH]: unpacked rows only, lay each batch's sequences
+        out in fewer, longer packed rows (distill/batch_packing.py): the same
+        examples per step as the reference, without its padding; one process.
       eval_baseline: with an initial checkpoint, evaluate it before step 1
         (metrics.json "baseline"; the pre-distillation accuracy to beat).
       early_stopping_patience: stop after this many evaluations without a
@@ -143,6 +147,9 @@ def train(
     if trim_padding and (pack or shard.num_shards > 1):
         raise UserError("TRIM_PADDING=True cuts unpacked rows to their batch's longest row: set PACK=False, and "
                         "run one process (hosts would cut their shards to different lengths)")
+    if pack_batch and (pack or trim_padding or shard.num_shards > 1):
+        raise UserError("PACK_BATCH=True re-packs each batch of unpacked rows: set PACK=False and TRIM_PADDING=False, "
+                        "and run one process (hosts would pack their shards into different shapes)")
     primary = jax.process_index() == 0
     run_info = run_dir.read_run(model_dir)
     if run_info:
@@ -175,7 +182,8 @@ def train(
     data_spec = input_pipeline.TrainDataSpec(
         mixture_or_task_name=mixture_or_task_name, task_feature_lengths=tuple(sorted(lengths.items())),
         batch_size=batch_size // shard.num_shards, pack=pack, seed=seed, shard_index=shard.index,
-        num_shards=shard.num_shards, trim_padding=trim_padding)
+        num_shards=shard.num_shards, trim_padding=trim_padding, pack_batch=pack_batch,
+        row_multiple=num_microbatches * partitioner.data_parallel_size)
     manager = checkpointing.CheckpointManager(model_dir, save_every=checkpoint_period or train_steps,
                                               keep=keep_checkpoints, async_save=async_checkpointing)
     latest = manager.latest_step()

@@ -6,15 +6,22 @@ steps first, then `--steps` timed steps ending with a device sync):
   # A gin experiment through the real SeqIO pipeline (needs TensorFlow + data):
   python scripts/bench_train.py --gin_file=experiments/svamp/step_by_step_gt_tiny.gin
 
-  # The reference measurement's exact setup (paper's PyTorch code, same machine):
-  # T5 v1.1 shape d_model 256 / d_ff 1024 / d_kv 32 / 4 heads / 4+4 layers,
-  # vocab 4000 trained on SVAMP, batch 32, max input 256, AdamW.
-  python scripts/bench_train.py --reference standard
-  python scripts/bench_train.py --reference step_by_step
+  # The paper's code's setup (../shared/reference/bench.sh on the same machine, same init and
+  # tokenizer): the paper-setting gin files (experiments/svamp/standard_gt.gin or
+  # step_by_step_gt.gin) on T5 v1.1 tiny, 32 examples a step, lr 5e-4, dropout 0.1, with
+  # INITIAL_CHECKPOINT_PATH = the reference's tiny-t5 folder (its spiece.model is the vocabulary):
+  python scripts/bench_train.py --reference standard --init "$REF/code/models/tiny-t5"
+  python scripts/bench_train.py --reference step_by_step --init "$REF/code/models/tiny-t5"
 
   # Synthetic packed batches, no TensorFlow/seqio imported (GPU machines):
   python scripts/bench_train.py --synthetic --model base --dtype bfloat16 \\
       --batch-size 64 --peak-flops 989e12
+
+Before the clock starts, the timed batches are read from the pipeline and every distinct batch
+shape among them runs one untimed step, so no compilation is timed (trimmed or re-packed
+batches come in a few shapes). Examples/s counts a step-by-step example once for its two
+sequences (label and rationale), as the paper's code does. FLOP/s are useful FLOPs
+(distill.flops on non-padding tokens) against a float32 matmul peak measured on the spot.
 
 Synthetic rows are packed to inputs 512 / targets 128 with SVAMP-like
 lengths: inputs 40-160 tokens, labels 4-16, rationales 40-120; the
@@ -36,17 +43,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-REFERENCE = {  # the paper's code as quoted in issue 5 (a 2-core machine); batch 32 examples, unpacked
-    "standard": {"steps_per_sec": 1.19, "tokens_per_sec": 1970.0, "peak_rss_gb": 1.4, "sequences_per_step": 32},
-    "step_by_step": {"steps_per_sec": 0.41, "tokens_per_sec": None, "peak_rss_gb": 3.0, "sequences_per_step": 64},
-}
-# The same recipe rebuilt by scripts/bench_train_hf.py and run on our 2-core CI-class machine
-# (torch 2.13 CPU, 2 threads, 2026-11-27): the issue's figures are ~2.8x these steps/s, so they
-# came from faster cores. Ratios against these compare like with like.
-SAME_MACHINE = {
-    "standard": {"steps_per_sec": 0.420, "tokens_per_sec": 939.0, "peak_rss_gb": 1.45},
-    "step_by_step": {"steps_per_sec": 0.137, "tokens_per_sec": 829.0, "peak_rss_gb": 3.39},
-}
 MODELS = ("micro", "tiny", "small", "base", "large")
 MICRO = ["T5Config.d_model = 32", "T5Config.d_kv = 8", "T5Config.d_ff = 64", "T5Config.num_heads = 2",
          "T5Config.num_encoder_layers = 1", "T5Config.num_decoder_layers = 1", "VOCAB_SIZE = 512"]
@@ -58,13 +54,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--gin_file", action="append", help="experiment gin file(s) (real SeqIO pipeline)")
-    source.add_argument("--reference", choices=tuple(REFERENCE), help="the reference measurement's setup")
+    source.add_argument("--reference", choices=("standard", "step_by_step"), help="the paper's code's setup")
     source.add_argument("--synthetic", action="store_true", help="random packed batches, no TensorFlow")
     parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings (--gin.X=Y works)")
     parser.add_argument("--model", choices=MODELS, default="tiny", help="T5 v1.1 size (synthetic/reference)")
     parser.add_argument("--method", choices=("standard", "step_by_step"), default="step_by_step",
                         help="synthetic task mix")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default: config / 32)")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default: the config's; 32)")
     parser.add_argument("--input-length", type=int, default=512)
     parser.add_argument("--target-length", type=int, default=128)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
@@ -73,6 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     parser.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s of all devices, for MFU")
     parser.add_argument("--data-dir", default=None, help="default: $DISTILL_DATA_DIR")
+    parser.add_argument("--init", default=None, help="--reference: the Hugging Face T5 folder to start from "
+                                                    "(the paper code's tiny-t5, made by ../shared/reference/bench.sh)")
     return parser.parse_args(rewrite_gin_args(argv))
 
 
@@ -121,9 +119,10 @@ def synthetic_batches(*, batch_size: int, input_length: int, target_length: int,
         yield batch
 
 
-def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, batch_size: int | None,
-              reference_mode: str | None = None) -> tuple[Any, Any, Iterator[dict[str, np.ndarray]], dict[str, int]]:
-    """(T5Config, optimizer, numpy batches, lengths) of a gin experiment via the SeqIO pipeline."""
+def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None,
+              batch_size: int | None) -> tuple[Any, Any, Iterator[dict[str, np.ndarray]], dict[str, int], Any]:
+    """(T5Config, optimizer, numpy batches, lengths, initial params or None) of a gin experiment via SeqIO."""
+    import dataclasses
     import os
     import tempfile
 
@@ -142,6 +141,15 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
     dataset = macro("%DATASET")
     data_dir = datasets.resolve_data_dir(data_dir or macro("%DATA_DIR"))
     vocab_path = macro("%VOCABULARY_PATH")
+    init = macro("%INITIAL_CHECKPOINT_PATH")
+    initial_params = None
+    if init:
+        from distill.run_dir import load_trained
+
+        trained = load_trained(init, require_tokenizer=not vocab_path)
+        initial_params, vocab_path = trained.params, vocab_path or trained.tokenizer_path
+        config = dataclasses.replace(trained.config, dtype=config.dtype, remat_policy=config.remat_policy,
+                                     dropout_rate=config.dropout_rate)
     if not vocab_path:
         vocab_path = os.path.join(tempfile.mkdtemp(prefix="bench_vocab_"), "spm.model")
         train_vocabulary_for_dataset(dataset, data_dir, size=config.vocab_size, out_path=vocab_path)
@@ -151,42 +159,20 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
     spec = input_pipeline.TrainDataSpec(
         mixture_or_task_name=macro("%MIXTURE_OR_TASK_NAME"), task_feature_lengths=tuple(sorted(lengths.items())),
         batch_size=batch_size or macro("%BATCH_SIZE"), pack=macro("%PACK"), seed=macro("%SEED"),
-        trim_padding=macro("%TRIM_PADDING") and not macro("%PACK"))
-    if reference_mode:
-        tokens = reference_tokens_per_step(reference_mode, load_vocabulary(vocab_path), data_dir)
-        print(f"reference {reference_mode}: {tokens:,.0f} non-padding tokens/step on SVAMP with this vocabulary "
-              f"-> {tokens * REFERENCE[reference_mode]['steps_per_sec']:,.0f} tokens/s at its steps/s")
-    return config, optimizer, input_pipeline.TrainData(spec), lengths
+        trim_padding=macro("%TRIM_PADDING") and not macro("%PACK"), pack_batch=macro("%PACK_BATCH"))
+    return config, optimizer, input_pipeline.TrainData(spec), lengths, initial_params
 
 
-def reference_bindings(mode: str) -> tuple[list[str], list[str]]:
-    """Gin files/bindings of the reference measurement (see module docstring)."""
+def reference_bindings(mode: str, init: str | None) -> tuple[list[str], list[str]]:
+    """Gin files/bindings of the paper's code's setup (see module docstring): 32 examples a step."""
+    if not init:
+        raise SystemExit("error: --reference needs --init DIR, the paper code's tiny-t5 folder "
+                         "(bash ../shared/reference/bench.sh \"$REF\" standard 60 makes $REF/code/models/tiny-t5)")
     experiment = "standard_gt" if mode == "standard" else "step_by_step_gt"
-    targets = 64 if mode == "standard" else 256
-    return [f"experiments/svamp/{experiment}_tiny.gin"], [
-        "VOCAB_SIZE = 4000", "BATCH_SIZE = 32", f"TASK_FEATURE_LENGTHS = {{'inputs': 256, 'targets': {targets}}}",
-        "OPTIMIZER = 'adamw'", "LEARNING_RATE = 5e-5", "DROPOUT_RATE = 0.1"]
-
-
-def reference_tokens_per_step(mode: str, vocabulary: Any, data_dir: str, batch_size: int = 32) -> float:
-    """Non-padding tokens one reference step processes, with our vocabulary on SVAMP train.
-
-    The reference feeds each example once per task, unpacked: standard =
-    input + label; step-by-step = the input twice (two prefixes) + label +
-    rationale; every sequence ends with EOS.
-    """
-    from distill.data import datasets
-
-    def n(text: str) -> int:
-        return len(vocabulary.encode(text)) + 1
-
-    per_example = []
-    for ex in datasets.load_examples("svamp", "train", data_dir):
-        tokens = n("[label] " + ex["input"]) + n(ex["label"])
-        if mode == "step_by_step":
-            tokens += n("[rationale] " + ex["input"]) + n(ex.get("rationale") or "")
-        per_example.append(tokens)
-    return batch_size * float(np.mean(per_example))
+    rows = 32 if mode == "standard" else 64  # a step-by-step example is two rows
+    return [f"experiments/svamp/{experiment}.gin", "models/t5_1_1_tiny.gin"], [
+        f"INITIAL_CHECKPOINT_PATH = '{init}'", "VOCAB_SIZE = 4000", f"BATCH_SIZE = {rows}",
+        "OPTIMIZER = 'adamw'", "LEARNING_RATE = 5e-4", "DROPOUT_RATE = 0.1"]
 
 
 def model_config(model: str, dtype: str, remat: str) -> Any:
@@ -213,8 +199,30 @@ def count_sequences(batch: dict[str, np.ndarray]) -> int:
     return int(np.count_nonzero(batch["decoder_loss_weights"].any(axis=1)))
 
 
-def measure(config: Any, optimizer: Any, batches: Iterator[dict[str, np.ndarray]], lengths: dict[str, int], *,
-            steps: int, warmup: int, peak_flops: float | None) -> dict[str, float]:
+def matmul_peak(seconds: float = 1.0) -> float:
+    """The float32 FLOP/s of one jitted jnp.dot at the train step's shapes, best of a few, measured now."""
+    import jax
+    import jax.numpy as jnp
+
+    best = 0.0
+    for m, k, n in ((2048, 256, 1024), (2048, 1024, 256), (8192, 1024, 256)):
+        x, w = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+        dot = jax.jit(jnp.dot)
+        jax.block_until_ready(dot(x, w))
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            jax.block_until_ready(dot(x, w))
+            runs += 1
+        best = max(best, 2 * m * k * n * runs / (time.perf_counter() - start))
+    return best
+
+
+def _shape(batch: dict[str, np.ndarray]) -> tuple:
+    return tuple(sorted((name, value.shape) for name, value in batch.items()))
+
+
+def measure(config: Any, optimizer: Any, batches: Iterator[dict[str, np.ndarray]], *, steps: int, warmup: int,
+            peak_flops: float | None, initial_params: Any = None) -> dict[str, float]:
     import jax
 
     from distill import flops
@@ -223,15 +231,19 @@ def measure(config: Any, optimizer: Any, batches: Iterator[dict[str, np.ndarray]
 
     rss_before_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # imports + data pipeline
     trainer = Trainer(config=config, optimizer=optimizer, partitioner=Partitioner(), alpha=0.5)
-    state = trainer.create_state()
+    state = trainer.create_state() if initial_params is None else trainer.init_from_params(initial_params)
     for _ in range(warmup):
         state, metrics = trainer.train_step(state, next(batches))
+    timed = [next(batches) for _ in range(steps)]
+    shapes: dict[tuple, dict[str, np.ndarray]] = {}
+    for batch in timed:
+        shapes.setdefault(_shape(batch), batch)
+    for batch in shapes.values():  # compile every shape the timed steps use, untimed
+        state, metrics = trainer.train_step(state, batch)
     jax.block_until_ready(state)
     tokens = sequences = 0
     total_flops = 0.0
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        batch = next(batches)
+    for batch in timed:
         n_in = int(np.count_nonzero(batch["encoder_input_tokens"]))
         n_tgt = int(np.count_nonzero(batch["decoder_target_tokens"]))
         tokens += n_in + n_tgt
@@ -239,6 +251,8 @@ def measure(config: Any, optimizer: Any, batches: Iterator[dict[str, np.ndarray]
         total_flops += flops.train_flops(config, input_tokens=n_in, target_tokens=n_tgt,
                                          input_length=batch["encoder_input_tokens"].shape[1],
                                          target_length=batch["decoder_target_tokens"].shape[1])
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for batch in timed:
         state, metrics = trainer.train_step(state, batch)
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - start
@@ -246,6 +260,7 @@ def measure(config: Any, optimizer: Any, batches: Iterator[dict[str, np.ndarray]
     result = {"steps_per_sec": steps / seconds, "tokens_per_sec": tokens / seconds,
               "tokens_per_step": tokens / steps, "sequences_per_sec": sequences / seconds, "loss": float(metrics["loss"]),
               "tokens_per_cpu_second": tokens / cpu_seconds, "cpu_seconds_per_step": cpu_seconds / steps,
+              "flops_per_sec": total_flops / seconds, "shapes": len(shapes),
               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
               "rss_before_model_gb": rss_before_model,
               "mfu": flops.mfu(total_flops / steps, steps / seconds, peak_flops)}
@@ -259,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     from distill.errors import UserError
 
+    initial_params = None
     try:
         if args.synthetic:
             config = model_config(args.model, args.dtype, args.remat)
@@ -269,47 +285,43 @@ def main(argv: list[str] | None = None) -> int:
             batches = synthetic_batches(batch_size=args.batch_size or 32, input_length=args.input_length,
                                         target_length=args.target_length, vocab_size=config.vocab_size,
                                         method=args.method)
-            label = f"synthetic {args.method}, model {args.model}"
+            label, two_rows = f"synthetic {args.method}, model {args.model}", args.method == "step_by_step"
         else:
-            files, bindings = (reference_bindings(args.reference) if args.reference else (args.gin_file, []))
-            if args.reference and args.model != "tiny":  # the size first: its file resets VOCAB_SIZE
-                size = [f"include 'models/t5_1_1_{args.model}.gin'"] if args.model != "micro" else []
-                bindings = size + bindings + (MICRO if args.model == "micro" else [])
+            files, bindings = (reference_bindings(args.reference, args.init) if args.reference
+                               else (args.gin_file, []))
             bindings += [f"T5Config.dtype = '{args.dtype}'", f"T5Config.remat_policy = '{args.remat}'"]
-            config, optimizer, batches, lengths = gin_setup(files, bindings + args.gin_bindings, args.data_dir,
-                                                            args.batch_size, args.reference)
+            config, optimizer, batches, lengths, initial_params = gin_setup(
+                files, bindings + args.gin_bindings, args.data_dir, args.batch_size)
             label = f"reference {args.reference}" if args.reference else " + ".join(files)
-        result = measure(config, optimizer, batches, lengths, steps=args.steps, warmup=args.warmup,
-                         peak_flops=args.peak_flops)
+            two_rows = "step_by_step" in batches.spec.mixture_or_task_name
+        peak = matmul_peak() if jax_platform() == "cpu" else None
+        result = measure(config, optimizer, batches, steps=args.steps, warmup=args.warmup,
+                         peak_flops=args.peak_flops, initial_params=initial_params)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     import jax
 
-    batch_rows = next(iter(next(batches).values())).shape[0]
-    mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
+    examples = result["sequences_per_sec"] / (2 if two_rows else 1)
+    mfu = "" if result["mfu"] is None else f" | MFU {100 * result['mfu']:.1f}%"
+    achieved = f"{result['flops_per_sec'] / 1e9:.0f} GFLOP/s useful"
+    if peak:
+        achieved += f" = {100 * result['flops_per_sec'] / peak:.0f}% of the {peak / 1e9:.0f} GFLOP/s f32 matmul peak now"
     device = f" | device peak {result['device_peak_gb']:.2f} GB" if "device_peak_gb" in result else ""
     print(f"bench [{label}] {jax.devices()[0].platform} x{jax.device_count()}, dtype {config.dtype}, "
-          f"batch {batch_rows} x (inputs {lengths['inputs']}, targets {lengths['targets']}): "
-          f"{result['steps_per_sec']:.3f} steps/s | {result['sequences_per_sec']:.1f} sequences/s | "
-          f"{result['tokens_per_sec']:,.0f} non-padding tokens/s "
-          f"({result['tokens_per_step']:,.0f}/step) | {result['tokens_per_cpu_second']:,.0f} tokens per CPU-second "
-          f"({result['cpu_seconds_per_step']:.2f} CPU-s/step) | peak RSS {result['peak_rss_gb']:.2f} GB "
-          f"({result['rss_before_model_gb']:.2f} GB before the model: imports, data){device} | MFU {mfu}")
-    if args.reference:
-        ref = REFERENCE[args.reference]
-        ref_sequences = ref["steps_per_sec"] * ref["sequences_per_step"]
-        ratios = [f"steps/s x{result['steps_per_sec'] / ref['steps_per_sec']:.2f}",
-                  f"sequences/s x{result['sequences_per_sec'] / ref_sequences:.2f} (reference {ref_sequences:.1f})",
-                  f"peak RSS x{result['peak_rss_gb'] / ref['peak_rss_gb']:.2f}"]
-        if ref["tokens_per_sec"]:
-            ratios.insert(1, f"tokens/s x{result['tokens_per_sec'] / ref['tokens_per_sec']:.2f}")
-        print(f"vs the issue's reference (PyTorch): {', '.join(ratios)}")
-        here = SAME_MACHINE[args.reference]
-        print(f"vs bench_train_hf.py on our 2-core machine ({here['tokens_per_sec']:,.0f} tokens/s, "
-              f"{here['peak_rss_gb']:.2f} GB): tokens/s x{result['tokens_per_sec'] / here['tokens_per_sec']:.2f}, "
-              f"peak RSS x{result['peak_rss_gb'] / here['peak_rss_gb']:.2f}")
+          f"lengths {lengths['inputs']}/{lengths['targets']}, {result['shapes']} batch shapes: "
+          f"{result['steps_per_sec']:.3f} steps/s | {examples:.1f} examples/s | "
+          f"{result['sequences_per_sec']:.1f} sequences/s | {result['tokens_per_sec']:,.0f} non-padding tokens/s "
+          f"({result['tokens_per_step']:,.0f}/step) | {achieved} | {result['cpu_seconds_per_step']:.2f} CPU-s/step | "
+          f"peak RSS {result['peak_rss_gb']:.2f} GB ({result['rss_before_model_gb']:.2f} GB before the model: "
+          f"imports, data){device}{mfu}")
     return 0
+
+
+def jax_platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
 
 
 if __name__ == "__main__":

@@ -1,0 +1,113 @@
+"""Re-pack one unpacked batch into fewer, longer rows: the same sequences, the same loss, less padding.
+
+The paper's code feeds 32 examples a step, each padded to the batch's longest row; on SVAMP
+(inputs ~40 tokens, the longest of 32 ~64) that is 40% padding, and padding to a power-of-two
+bucket (input_pipeline.trim_padding) makes it 60%. seqio's packing (PACK=True) removes the
+padding but changes what a step holds: a fixed number of full rows, so a varying number of
+examples. `pack_batch` keeps the batch -- exactly the sequences the unpacked pipeline put in it,
+so examples per step, data order and resumption are unchanged -- and lays them out packed:
+
+- row capacity: inputs the power-of-two bucket of max(longest input, ROW_SEQUENCES x the mean
+  input); targets a multiple of 16 holding the row's share of target tokens with some slack (or
+  the longest target); both at most the unpacked widths;
+- first-fit decreasing by input length, a sequence goes where both its input and its target fit;
+- the row count rounded up to a multiple of `row_multiple` (the data-parallel shards; empty rows
+  are all padding).
+
+The result is THE packed training format (distill/feature_converters.py): segment ids and
+positions per token, decoder inputs restarting at 0 per segment. T5's attention is relative
+and masked by segment, so each sequence is computed exactly as in its own row: the loss and
+gradients equal the unpacked batch's up to float summation order (tests/test_batch_packing.py).
+Capacities and row counts are rounded, so a run compiles a handful of shapes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+ROW_SEQUENCES = 4  # aim for about this many mean-length sequences per row
+TARGET_SLACK = 1.15  # target room over the row's expected share, so inputs, not targets, fill a row
+TARGET_STEP = 16  # target capacity in steps of 16, not powers of two: the decoder costs more per token
+SMALLEST_BUCKET = 16
+
+
+def bucket_length(needed: int, limit: int, smallest: int = SMALLEST_BUCKET) -> int:
+    """The smallest power of two >= needed (at least `smallest`), capped at `limit`."""
+    size = smallest
+    while size < needed:
+        size *= 2
+    return min(size, limit)
+
+
+def row_capacities(input_lengths: np.ndarray, target_lengths: np.ndarray, *, input_width: int,
+                   target_width: int) -> tuple[int, int]:
+    """(input, target) tokens per packed row for sequences of these lengths (see the module docstring)."""
+    inputs = bucket_length(max(int(input_lengths.max()), int(np.ceil(ROW_SEQUENCES * input_lengths.mean()))),
+                           input_width)
+    share = TARGET_SLACK * inputs * target_lengths.sum() / max(1, input_lengths.sum())
+    targets = -(-max(int(target_lengths.max()), int(np.ceil(share))) // TARGET_STEP) * TARGET_STEP
+    return inputs, min(targets, target_width)
+
+
+def assign_rows(input_lengths: np.ndarray, target_lengths: np.ndarray, capacity: tuple[int, int]) -> list[list[int]]:
+    """Sequence indices per row, first-fit decreasing by input length; each row in input order."""
+    rows: list[list[int]] = []
+    room: list[list[int]] = []
+    for index in sorted(range(len(input_lengths)), key=lambda i: (-int(input_lengths[i]), i)):
+        need = (int(input_lengths[index]), int(target_lengths[index]))
+        for row, free in enumerate(room):
+            if need[0] <= free[0] and need[1] <= free[1]:
+                rows[row].append(index)
+                free[0] -= need[0]
+                free[1] -= need[1]
+                break
+        else:
+            rows.append([index])
+            room.append([capacity[0] - need[0], capacity[1] - need[1]])
+    return [sorted(row) for row in rows]
+
+
+def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1) -> dict[str, np.ndarray]:
+    """An unpacked batch (encoder_input_tokens, decoder_* [rows, width]) as packed rows.
+
+    Sequences are read up to their last non-padding token (inputs end in EOS, targets too);
+    all-padding rows are dropped. Every key of the unpacked format is carried, plus
+    encoder/decoder segment ids and positions.
+    """
+    if "encoder_segment_ids" in batch:
+        raise ValueError("pack_batch takes unpacked rows; this batch is packed already")
+    inputs, targets = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
+    input_lengths = _lengths(inputs)
+    target_lengths = _lengths(targets)
+    used = np.flatnonzero((input_lengths > 0) | (target_lengths > 0))
+    if used.size == 0:
+        used = np.arange(1)
+    capacity = row_capacities(input_lengths[used], target_lengths[used], input_width=inputs.shape[1],
+                              target_width=targets.shape[1])
+    rows = assign_rows(input_lengths[used], target_lengths[used], capacity)
+    count = -(-len(rows) // row_multiple) * row_multiple
+    packed = {name: np.zeros((count, capacity[0 if name.startswith("encoder") else 1]), np.int32)
+              for name in (*batch.keys(), "encoder_segment_ids", "encoder_positions",
+                           "decoder_segment_ids", "decoder_positions")}
+    for row, members in enumerate(rows):
+        offsets = [0, 0]
+        for segment, member in enumerate(members, start=1):
+            source = int(used[member])
+            for side, length in (("encoder", int(input_lengths[source])), ("decoder", int(target_lengths[source]))):
+                start = offsets[side == "decoder"]
+                span = slice(start, start + length)
+                for name, value in batch.items():
+                    if name.startswith(side):
+                        packed[name][row, span] = value[source, :length]
+                packed[f"{side}_segment_ids"][row, span] = segment
+                packed[f"{side}_positions"][row, span] = np.arange(length)
+                offsets[side == "decoder"] += length
+    return packed
+
+
+def _lengths(tokens: np.ndarray) -> np.ndarray:
+    """Per row: the index + 1 of its last non-padding token (0 for an all-padding row)."""
+    nonzero = tokens != 0
+    last = tokens.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
+    return np.where(nonzero.any(axis=1), last, 0)
