@@ -23,8 +23,8 @@ def test_synthetic_benchmark_runs_without_tensorflow(tmp_path):
                             env={**h.subprocess_env(tmp_path)}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("bench ["))
-    assert "synthetic step_by_step, model micro" in line and "batch 2 x (inputs 512, targets 128)" in line
-    assert "non-padding tokens/s" in line and "peak RSS" in line and "MFU " in line and "MFU n/a" not in line
+    assert "synthetic step_by_step, model micro" in line and "lengths 512/128" in line and "examples/s" in line
+    assert "non-padding tokens/s" in line and "peak RSS" in line and "MFU " in line and "GFLOP/s useful" in line
     assert "TF_IMPORTED False" in result.stdout
 
 

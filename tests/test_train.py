@@ -149,6 +149,7 @@ def test_kill_resume_and_sharding_match_uninterrupted(shared_data_dir, tmp_path)
     ({"vocabulary_path": "{tmp}/missing.model"}, "missing.model"),
     ({"batch_size": 0}, "batch_size=0 must be a positive integer"),
     ({"task_feature_lengths": {"inputs": 128}}, "TASK_FEATURE_LENGTHS"),
+    ({"pack": True, "pack_batch": True}, "PACK_BATCH=True re-packs each batch of unpacked rows"),
 ])
 def test_bad_input_is_one_line_before_compiling(shared_data_dir, tmp_path, overrides, message):
     from distill.train import train
@@ -197,3 +198,23 @@ def test_entry_point_prints_one_error_line(shared_data_dir, tmp_path, capsys, mo
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
     assert not (tmp_path / "run").exists()
+
+
+def test_pack_batch_trains_on_packed_rows_of_the_same_batches(shared_data_dir, tmp_path):
+    """PACK_BATCH=True through train(): packed rows of the unpacked batches; resuming without it is refused."""
+    from distill.input_pipeline import TrainData, TrainDataSpec
+    from distill.train import train
+
+    model_dir = tmp_path / "run"
+    kwargs = _train_kwargs(shared_data_dir, model_dir, pack=False, pack_batch=True, train_steps=2, eval_splits=())
+    train(**kwargs)
+    assert h.latest_step(model_dir) == 2
+    with pytest.raises(UserError, match="pack_batch=True but this run has False"):
+        train(**{**kwargs, "pack_batch": False, "train_steps": 4})
+    spec = dict(mixture_or_task_name="svamp_step_by_step_gt", task_feature_lengths=(("inputs", 128), ("targets", 64)),
+                batch_size=4, pack=False, seed=0)
+    unpacked, packed = next(TrainData(TrainDataSpec(**spec))), next(TrainData(TrainDataSpec(**spec, pack_batch=True)))
+    assert "encoder_segment_ids" in packed and packed["encoder_input_tokens"].shape[0] <= 4
+    assert np.count_nonzero(packed["decoder_loss_weights"]) == np.count_nonzero(unpacked["decoder_loss_weights"])
+    assert sorted(packed["encoder_input_tokens"][packed["encoder_input_tokens"] > 0].tolist()) == sorted(
+        unpacked["encoder_input_tokens"][unpacked["encoder_input_tokens"] > 0].tolist())
