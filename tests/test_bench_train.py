@@ -84,7 +84,7 @@ def test_progress_line():
 
 
 def test_pytorch_reference_recipe_trains_both_methods(shared_data_dir):
-    """scripts/bench_train_hf.py: the baseline bench_train's same-machine ratios come from."""
+    """scripts/bench_train_hf.py, a PyTorch rebuild of the recipe (the real baseline: ../shared/reference)."""
     for method, sequences in (("standard", 1), ("step_by_step", 2)):
         result = subprocess.run(
             [sys.executable, "scripts/bench_train_hf.py", "--micro", "--method", method, "--batch-size", "4",
