@@ -387,3 +387,12 @@ def test_batcher_fills_a_batch_with_shorter_rows_and_skips_the_wait_when_every_r
     assert [r.ids for r in results] == [[6] * 30, [5], [7, 7], [8] * 40, [9]]
     assert sorted((method, lengths) for method, lengths, _ in decoder.calls) == [
         ("greedy", [31, 2, 3]), ("sample", [2]), ("sample", [41])]
+
+
+def test_bucket_rungs():
+    from distill.serve.decoder import length_buckets, row_buckets
+
+    assert row_buckets(32) == [1, 2, 4, 8, 12, 16, 24, 32]
+    assert row_buckets(4) == [1, 2, 4] and row_buckets(1) == [1]
+    assert row_buckets(20) == [1, 2, 4, 8, 12, 16, 20]
+    assert length_buckets(512) == [16, 32, 64, 128, 256, 512] and length_buckets(100) == [16, 32, 64, 100]

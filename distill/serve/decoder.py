@@ -4,7 +4,8 @@ Every batch runs through `distill.predict.predict_batch`, which compiles one pro
 (decoding settings, input shape). So that requests of any length and any arrival pattern run a
 fixed handful of programs, each batch is padded to a bucket shape [rows, length]:
 
-- rows: the next power of two, 1, 2, 4, ... up to max_batch_size (which is itself a bucket);
+- rows: the next of 1, 2, 4, 8, 12, 16, 24, 32, ... up to max_batch_size (itself a bucket): from 8
+  on, 1.5x rungs between the powers of two, so a batch of 17-24 rows is not padded to 32;
 - length (encoder tokens, EOS included): the next rung of 16, 32, 64, ... (powers of two from
   16) below max_input_tokens, or max_input_tokens itself. Rungs of two, not four: a batch's cost
   grows with its encoder length (scripts/bench_serve.py), and padding a 20-token prompt to 64
@@ -69,11 +70,15 @@ class RowDecoder(Protocol):
 
 
 def row_buckets(max_batch_size: int) -> list[int]:
-    """1, 2, 4, ... below max_batch_size, then max_batch_size."""
-    buckets = [1]
-    while buckets[-1] * 2 < max_batch_size:
-        buckets.append(buckets[-1] * 2)
-    return buckets + [max_batch_size] if buckets[-1] < max_batch_size else buckets
+    """1, 2, 4, 8, 12, 16, 24, 32, ... (powers of two, and 1.5x them from 8) below max_batch_size, then it."""
+    buckets = []
+    size = 1
+    while size < max_batch_size:
+        buckets.append(size)
+        if size >= 8 and size * 3 // 2 < max_batch_size:
+            buckets.append(size * 3 // 2)
+        size *= 2
+    return buckets + [max_batch_size]
 
 
 def length_buckets(max_input_tokens: int) -> list[int]:
