@@ -78,8 +78,8 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1) -> dic
     if "encoder_segment_ids" in batch:
         raise ValueError("pack_batch takes unpacked rows; this batch is packed already")
     inputs, targets = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
-    input_lengths = _lengths(inputs)
-    target_lengths = _lengths(targets)
+    input_lengths = row_lengths(inputs)
+    target_lengths = row_lengths(targets)
     used = np.flatnonzero((input_lengths > 0) | (target_lengths > 0))
     if used.size == 0:
         used = np.arange(1)
@@ -106,7 +106,7 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1) -> dic
     return packed
 
 
-def _lengths(tokens: np.ndarray) -> np.ndarray:
+def row_lengths(tokens: np.ndarray) -> np.ndarray:
     """Per row: the index + 1 of its last non-padding token (0 for an all-padding row)."""
     nonzero = tokens != 0
     last = tokens.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.batch_packing import bucket_length, pack_batch
+from distill.batch_packing import bucket_length, pack_batch, row_lengths
 from distill.errors import UserError
 
 
@@ -131,16 +131,10 @@ def trim_padding(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """
     inputs = batch["encoder_input_tokens"]
     targets = batch["decoder_target_tokens"]
-    width = {"encoder": bucket_length(_longest(inputs), inputs.shape[1]),
-             "decoder": bucket_length(_longest(targets), targets.shape[1])}
+    width = {"encoder": bucket_length(max(1, int(row_lengths(inputs).max())), inputs.shape[1]),
+             "decoder": bucket_length(max(1, int(row_lengths(targets).max())), targets.shape[1])}
     return {name: value[:, :width["encoder" if name.startswith("encoder") else "decoder"]]
             for name, value in batch.items()}
-
-
-def _longest(tokens: np.ndarray) -> int:
-    """The largest index + 1 of a non-padding token over the rows (1 for an all-padding batch)."""
-    used = np.flatnonzero(tokens.any(axis=0))
-    return int(used[-1]) + 1 if used.size else 1
 
 
 def get_provider(name: str):

@@ -57,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source.add_argument("--reference", choices=("standard", "step_by_step"), help="the paper's code's setup")
     source.add_argument("--synthetic", action="store_true", help="random packed batches, no TensorFlow")
     parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings (--gin.X=Y works)")
-    parser.add_argument("--model", choices=MODELS, default="tiny", help="T5 v1.1 size (synthetic/reference)")
+    parser.add_argument("--model", choices=MODELS, default="tiny", help="T5 v1.1 size (synthetic)")
     parser.add_argument("--method", choices=("standard", "step_by_step"), default="step_by_step",
                         help="synthetic task mix")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default: the config's; 32)")
@@ -294,14 +294,14 @@ def main(argv: list[str] | None = None) -> int:
                 files, bindings + args.gin_bindings, args.data_dir, args.batch_size)
             label = f"reference {args.reference}" if args.reference else " + ".join(files)
             two_rows = "step_by_step" in batches.spec.mixture_or_task_name
-        peak = matmul_peak() if jax_platform() == "cpu" else None
+        import jax
+
+        peak = matmul_peak() if jax.devices()[0].platform == "cpu" else None
         result = measure(config, optimizer, batches, steps=args.steps, warmup=args.warmup,
                          peak_flops=args.peak_flops, initial_params=initial_params)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    import jax
-
     examples = result["sequences_per_sec"] / (2 if two_rows else 1)
     mfu = "" if result["mfu"] is None else f" | MFU {100 * result['mfu']:.1f}%"
     achieved = f"{result['flops_per_sec'] / 1e9:.0f} GFLOP/s useful"
@@ -312,16 +312,11 @@ def main(argv: list[str] | None = None) -> int:
           f"lengths {lengths['inputs']}/{lengths['targets']}, {result['shapes']} batch shapes: "
           f"{result['steps_per_sec']:.3f} steps/s | {examples:.1f} examples/s | "
           f"{result['sequences_per_sec']:.1f} sequences/s | {result['tokens_per_sec']:,.0f} non-padding tokens/s "
-          f"({result['tokens_per_step']:,.0f}/step) | {achieved} | {result['cpu_seconds_per_step']:.2f} CPU-s/step | "
+          f"({result['tokens_per_step']:,.0f}/step) | {achieved} | {result['tokens_per_cpu_second']:,.0f} tokens per "
+          f"CPU-second ({result['cpu_seconds_per_step']:.2f} CPU-s/step) | "
           f"peak RSS {result['peak_rss_gb']:.2f} GB ({result['rss_before_model_gb']:.2f} GB before the model: "
           f"imports, data){device}{mfu}")
     return 0
-
-
-def jax_platform() -> str:
-    import jax
-
-    return jax.devices()[0].platform
 
 
 if __name__ == "__main__":

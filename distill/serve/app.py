@@ -145,8 +145,8 @@ class Service:
 
     async def generate(self, http: HttpRequest, chat: bool) -> Response:
         self.check_key(http)
-        limits = self.options.limits
         body = protocol.parse_body(await read_body(http, self.options.max_body_bytes))
+        limits = self.options.limits
         request = protocol.parse_request(body, chat=chat, limits=limits)
         encoded = protocol.encode_inputs(request, self.tokenizer.encode, prefix=self.options.task_prefix,
                                          eos_id=self.eos_id, max_input_tokens=limits.max_input_tokens)

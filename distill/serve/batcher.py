@@ -3,15 +3,15 @@
 A request becomes rows (one per prompt; times n when sampling) and `submit` returns one future per
 row. Rows wait in groups keyed by (decoding settings, input-length bucket), since only rows with
 the same settings run through one compiled program and a shared length bucket keeps padding low.
-A group is decoded when it holds max_batch_size rows, when its oldest row has waited max_wait with
-the decoder free (the wait is counted from the later of the row's arrival and the end of the last
-decode: under load every queued row has waited through a decode, and a batch taken the moment the
-decoder frees up is as small as the requests that happened to arrive meanwhile), when
-every request the server holds has rows queued (none is being read or answered, so no more rows can
-come soon and waiting would only add latency), or at once when it is private: a seeded sampling request gets a group of
-its own, so its draws do not depend on who else happened to be waiting. A batch with room left
-takes rows of shorter length buckets with the same settings, oldest first: they fit the batch's
-shape, so under load batches fill up instead of splitting by length.
+A group is decoded when it holds max_batch_size rows; when its oldest row has waited max_wait with
+the decoder free (counted from the later of the row's arrival and the end of the last decode: under
+load every queued row has waited through a decode, and a batch taken the moment the decoder frees
+up is only as large as the requests that happened to arrive meanwhile); when every request the
+server holds has rows queued (none is being read or answered, so no more rows can come soon and
+waiting would only add latency); or at once when it is private: a seeded sampling request gets a
+group of its own, so its draws do not depend on who else happened to be waiting. A batch with room
+left takes rows of shorter length buckets with the same settings, oldest first: they fit the
+batch's shape, so under load batches fill up instead of splitting by length.
 
 Decoding runs on one worker thread (one accelerator runs one program at a time; jax releases the
 GIL while it runs), so the event loop keeps reading requests and answering /health meanwhile, and
