@@ -20,7 +20,7 @@ setuptools.setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=setuptools.find_packages(include=["distill", "distill.*"]) + ["distill.gin_configs"],
     package_dir={"distill.gin_configs": "gin_configs"},
     package_data={

@@ -26,6 +26,7 @@ sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 from distill.teacher import batcher, prompts  # noqa: E402
 from distill.teacher.backends.base import SamplingParams  # noqa: E402
 from distill.teacher.cache import Completion, CompletionCache, cache_key  # noqa: E402
+from distill.teacher.pipeline import run_coroutine  # noqa: E402
 from distill.teacher.progress import Progress  # noqa: E402
 from distill.teacher.ratelimit import RateLimiter  # noqa: E402
 
@@ -70,7 +71,7 @@ def measure(base_url: str, concurrency: int, count: int, offset: int, folder: st
         await backend.aclose()
         return elapsed, cpu
 
-    elapsed, cpu = asyncio.run(run())
+    elapsed, cpu = run_coroutine(run())
     assert cache.count() == count, "every request must be answered"
     cache.close()
     return count / elapsed, cpu / count * 1000

@@ -1,7 +1,6 @@
 """A hostile or broken server and a careless key: bounded waits and sizes, the key never written."""
 import asyncio
 
-import httpx
 import pytest
 from teacher_helpers import make_data_dir, read_jsonl, run_cli
 from teacher_server import Fault, TeacherServer, answer_for, last_question
@@ -57,7 +56,7 @@ def test_retry_after_is_capped_and_nonsense_is_ignored(tmp_path, header, expecte
 
 def test_a_key_straddling_the_error_cut_is_redacted_before_truncation():
     body = "x" * 290 + f"bad key: Bearer {KEY}"
-    error = response_error(httpx.Response(401, text=body), "/completions", KEY)
+    error = response_error(401, body, None, "/completions", KEY)
     _assert_nowhere(KEY, [str(error).encode()])
 
 

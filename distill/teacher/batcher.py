@@ -90,7 +90,8 @@ async def _attempt_until_done(prompt: Prompt, backend: AsyncBackend, params: Sam
         await limiter.acquire(estimated)
         retry_after = None
         try:
-            completion = await asyncio.wait_for(backend.generate(prompt, params), timeout=policy.timeout)
+            async with asyncio.timeout(policy.timeout):  # no extra task per attempt, unlike wait_for
+                completion = await backend.generate(prompt, params)
             limiter.settle(estimated, _total_tokens(completion))
             return completion.redacted(secret), attempt
         except asyncio.TimeoutError:

@@ -25,7 +25,8 @@ import concurrent.futures
 import dataclasses
 import os
 import time
-from typing import TextIO
+from collections.abc import Coroutine
+from typing import Any, TextIO, TypeVar
 
 from distill.data.datasets import resolve_data_dir, valid_source
 from distill.data.readers import SPLITS, read_split, split_path
@@ -39,6 +40,8 @@ from distill.teacher.budget import Budget
 from distill.teacher.cache import CompletionCache, cache_key
 from distill.teacher.progress import Progress
 from distill.teacher.ratelimit import RateLimiter
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +142,7 @@ def run_teacher(*, dataset: str, split: str, out: str, backend: AsyncBackend | B
         elif jobs and hasattr(backend, "generate_batch"):
             batcher.run_batched(jobs, render, backend, cache, params, progress=progress, budget=budget)
         elif jobs:
-            _run_coroutine(_run_and_close(jobs, render, backend, cache, params, concurrency=concurrency,
+            run_coroutine(_run_and_close(jobs, render, backend, cache, params, concurrency=concurrency,
                                        limiter=limiter or RateLimiter(), policy=policy or batcher.RetryPolicy(),
                                        progress=progress, secret=secret, budget=budget))
         progress.maybe_draw(force=True)
@@ -164,15 +167,29 @@ def run_teacher(*, dataset: str, split: str, out: str, backend: AsyncBackend | B
         cache.close()
 
 
-def _run_coroutine(coroutine) -> None:
-    """asyncio.run, also from inside a running event loop (Jupyter, Colab): then in a worker thread."""
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The coroutine's result, run on uvloop where it is installed (not on Windows), else on asyncio's loop.
+
+    uvloop's event loop is C: it cuts the loop's share of the client's CPU a
+    request (scripts/bench_teacher.py). Inside a running event loop (Jupyter,
+    Colab) the coroutine runs in a worker thread with a loop of its own.
+    """
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # Windows
+        loop_factory = None
+
+    def run() -> T:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coroutine)
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(coroutine)
-        return
+        return run()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, coroutine).result()
+        return pool.submit(run).result()
 
 
 async def _run_and_close(jobs, render, backend, cache, params, **kwargs) -> None:

@@ -57,7 +57,8 @@ class BatchAPI:
             else:
                 if response.status_code < 300:
                     return response
-                error = response_error(response, what, self._secret)
+                error = response_error(response.status_code, response.text, response.headers.get("retry-after"),
+                                       what, self._secret)
             if not error.retryable or attempt == self._policy.max_attempts:
                 raise error
             self._sleep(self._policy.delay(attempt, error.retry_after))

@@ -1,15 +1,10 @@
 """OpenAI-compatible HTTP backend: /v1/completions and /v1/chat/completions.
 
-Works with vLLM, SGLang, TGI's OpenAI route and hosted APIs. Each request in
-flight borrows its own httpx transport holding one keep-alive connection and
-hands it back afterwards, so connections are reused and never outnumber the
-batcher's concurrency. (One shared pool with hundreds of connections spends
-most of its time scanning itself: httpcore's request-to-connection
-assignment is quadratic in the pool size.) Requests go to the transport
-directly, not through `httpx.AsyncClient`: the client's per-request layers
-(request building, cookie extraction through urllib, auth and redirect
-plumbing, event hooks) were a third of the CPU per request in a cProfile of
-scripts/bench_teacher.py at concurrency 256, and none of them apply here.
+Works with vLLM, SGLang, TGI's OpenAI route and hosted APIs. Requests go
+through the lean HTTP/1.1 client in http1.py: one keep-alive connection per
+request in flight, each request one write, replies parsed in C. httpx cost
+1.6 ms of CPU a request at 256 in flight in scripts/bench_teacher.py, which
+held the run to 41% of the server's rate.
 
 `generate` makes exactly one attempt and turns every failure into a
 `RequestError` that says whether a retry may help; retries, pacing and the
@@ -25,15 +20,14 @@ sometimes echo request headers in their error bodies.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from typing import Any
 
 import httpx
 
 from distill.errors import UserError
+from distill.teacher.backends import http1
 from distill.teacher.backends.base import Prompt, RequestError, SamplingParams
 from distill.teacher.cache import Completion
 from distill.teacher.redaction import redact
@@ -55,9 +49,8 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    """The server's Retry-After in seconds, when it gave a finite number (the batcher caps it)."""
-    value = response.headers.get("retry-after")
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds, when it is a finite number (the batcher caps it)."""
     if value is None:
         return None
     try:
@@ -67,29 +60,18 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-def response_error(response: httpx.Response, where: str, secret: str | None) -> RequestError:
-    """A non-success response as a redacted RequestError (retryable for 429, 5xx, ...)."""
-    detail = redact(response.text, secret)[:300].strip()  # redacted first: a cut key would survive
-    return RequestError(f"HTTP {response.status_code} from {where}: {detail}",
-                        retryable=response.status_code in RETRYABLE_STATUS or response.status_code >= 500,
-                        retry_after=retry_after(response))
+def response_error(status: int, text: str, retry_after_header: str | None, where: str,
+                   secret: str | None) -> RequestError:
+    """A non-success reply as a redacted RequestError (retryable for 429, 5xx, ...)."""
+    detail = redact(text, secret)[:300].strip()  # redacted first: a cut key would survive
+    return RequestError(f"HTTP {status} from {where}: {detail}",
+                        retryable=status in RETRYABLE_STATUS or status >= 500,
+                        retry_after=retry_after(retry_after_header))
 
 
 def transport_error(err: Exception, secret: str | None) -> RequestError:
     """A connect error, dropped connection or protocol error: always worth a retry."""
     return RequestError(redact(f"{type(err).__name__}: {err}", secret), retryable=True)
-
-
-async def read_bounded(response: httpx.Response, limit: int, where: str) -> bytes:
-    """The body, read as it streams in; a RequestError (not retried) once it passes `limit` bytes."""
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():  # decoded: a compressed bomb is bounded too
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(f"reply from {where} is larger than {limit:,} bytes (--max-response-bytes)",
-                               retryable=False)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def request_body(model: str, prompt: Prompt, params: SamplingParams) -> tuple[str, dict[str, Any]]:
@@ -122,32 +104,6 @@ def completion_from_body(data: Any, *, chat: bool, n: int, where: str) -> Comple
                       completion_tokens if isinstance(completion_tokens, int) else None)
 
 
-def _remember_sniffio_is_missing() -> None:
-    """Make the failed `import sniffio` that httpcore tries on every lock it creates cheap.
-
-    httpcore treats sniffio as optional; when it is not installed, each of the
-    several look-ups per request searches sys.path again (about a quarter of
-    the client's CPU per request in scripts/bench_teacher.py). A None entry in
-    sys.modules makes that import fail at once, exactly as it would anyway.
-    """
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None
-
-
-def declare_asyncio() -> None:
-    """Tell sniffio (when installed) that this context runs asyncio, so it stops sniffing.
-
-    httpcore and anyio ask `sniffio.current_async_library()` about twenty
-    times per request; without a declaration each call falls through to
-    `asyncio.current_task()` (the largest single own-time entry of the client
-    in cProfile). Setting sniffio's context variable is the hook event loops
-    use to declare themselves; tasks created afterwards inherit it.
-    """
-    sniffio = sys.modules.get("sniffio")
-    if sniffio is not None:
-        sniffio.current_async_library_cvar.set("asyncio")
-
-
 class OpenAIBackend:
     """`generate(prompt)`: a str prompt goes to /completions, chat messages to /chat/completions."""
 
@@ -155,54 +111,35 @@ class OpenAIBackend:
 
     def __init__(self, *, base_url: str, model: str, api_key: str | None,
                  max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
-        _remember_sniffio_is_missing()
         self.model = model
         self.base_url = check_base_url(base_url)
-        # Parsed once: httpx re-parses a str URL on every request.
-        self._urls = {path: httpx.URL(self.base_url + path) for path in ("/completions", "/chat/completions")}
         self._api_key = api_key
         self.max_response_bytes = max_response_bytes
-        self._headers = [(b"Content-Type", b"application/json"),
-                         *((k.encode(), v.encode()) for k, v in auth_headers(api_key).items())]
-        self._ssl = httpx.create_ssl_context()  # built once: loading CA certificates takes ~0.1 s
-        self._idle: list[httpx.AsyncHTTPTransport] = []  # transports not in use, each with one open connection
-        self._all: list[httpx.AsyncHTTPTransport] = []
-
-    def _borrow(self) -> httpx.AsyncHTTPTransport:
-        if self._idle:
-            return self._idle.pop()
-        transport = httpx.AsyncHTTPTransport(verify=self._ssl,
-                                             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
-        self._all.append(transport)
-        return transport
+        # httpx's context: certifi's CAs and SSL_CERT_FILE / SSL_CERT_DIR, as the batch client trusts.
+        ssl_context = httpx.create_ssl_context() if self.base_url.startswith("https://") else None
+        try:
+            self._origin = http1.Origin(self.base_url, ssl_context=ssl_context,
+                                        headers={"Content-Type": "application/json", **auth_headers(api_key)})
+        except ValueError as err:
+            raise UserError(f"--base-url {base_url!r}: {err}") from None
 
     async def generate(self, prompt: Prompt, params: SamplingParams) -> Completion:
-        declare_asyncio()
         path, body = request_body(self.model, prompt, params)
-        # timeout=None (the default extension): the batcher bounds each attempt as a whole.
-        request = httpx.Request("POST", self._urls[path], headers=self._headers,
-                                content=json.dumps(body, ensure_ascii=False).encode("utf-8"))
-        transport = self._borrow()
         try:
-            response = await transport.handle_async_request(request)
-            try:
-                content = await read_bounded(response, self.max_response_bytes, path)
-            finally:
-                await response.aclose()
-        except httpx.TransportError as err:  # connect errors, dropped connections, protocol errors
+            response = await self._origin.post(path, json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                                               max_body_bytes=self.max_response_bytes)
+        except http1.ReplyTooLarge as err:
+            raise RequestError(f"{err} from {path} (--max-response-bytes)", retryable=False) from None
+        except http1.ConnectionFailed as err:
             raise transport_error(err, self._api_key) from None
-        finally:
-            self._idle.append(transport)  # also after a timeout's cancellation: httpcore closed the broken connection
-        if response.status_code != 200:
-            headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-encoding"]  # decoded
-            read = httpx.Response(response.status_code, headers=headers, content=content)
-            raise response_error(read, path, self._api_key)
+        if response.status != 200:
+            raise response_error(response.status, response.body.decode("utf-8", "replace"),
+                                 response.headers.get("retry-after"), path, self._api_key)
         try:
-            data = json.loads(content)
+            data = json.loads(response.body)
         except ValueError:
             raise RequestError(f"malformed response from {path}: JSONDecodeError", retryable=True) from None
         return completion_from_body(data, chat=not isinstance(prompt, str), n=params.n, where=path)
 
     async def aclose(self) -> None:
-        for transport in self._all:
-            await transport.aclose()
+        await self._origin.aclose()
