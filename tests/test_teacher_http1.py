@@ -5,6 +5,9 @@ raw bytes, so every framing a real server may use is exercised exactly.
 """
 import asyncio
 import gzip
+import json
+import pathlib
+import ssl
 import zlib
 
 import pytest
@@ -196,3 +199,47 @@ def test_the_backend_maps_client_failures_to_request_errors():
 def test_a_base_url_without_a_host_is_a_user_error(url):
     with pytest.raises(UserError, match="--base-url"):
         OpenAIBackend(base_url=url, model="m", api_key=None)
+
+
+TLS = pathlib.Path(__file__).parent / "tls"
+
+
+async def _tls_server():
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(TLS / "server.pem", TLS / "server.key")
+    body = json.dumps({"choices": [{"index": 0, "text": "over TLS"}]}).encode()
+
+    async def connection(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                writer.write(_sized(body))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", 0, ssl=context)
+    return server, f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+
+def test_https_verifies_the_server_certificate(monkeypatch):
+    """Trusted through SSL_CERT_FILE (as httpx's context reads it) it answers; untrusted it fails at once."""
+    async def main():
+        server, url = await _tls_server()
+        async with server:
+            untrusted = OpenAIBackend(base_url=url, model="m", api_key=None)
+            with pytest.raises(RequestError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+                await untrusted.generate("Q: x\nA:", SamplingParams())
+            assert not caught.value.retryable  # a rejected certificate will not mend on a retry
+            await untrusted.aclose()
+            monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "ca.pem"))
+            trusted = OpenAIBackend(base_url=url, model="m", api_key=None)
+            completions = [await trusted.generate("Q: x\nA:", SamplingParams()) for _ in range(2)]
+            await trusted.aclose()
+        return completions
+
+    assert [c.texts for c in asyncio.run(main())] == [("over TLS",), ("over TLS",)]

@@ -31,7 +31,14 @@ READ_SIZE = 64 << 10
 
 
 class ConnectionFailed(Exception):
-    """The connection could not be made, broke mid-reply, or carried something that is not HTTP/1.1."""
+    """The connection could not be made, broke mid-reply, or carried something that is not HTTP/1.1.
+
+    `retryable` is False only for a server certificate that failed verification: that will not mend.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class ReplyTooLarge(Exception):
@@ -135,8 +142,9 @@ class Origin:
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=READ_SIZE,
                                                            server_hostname=self.host if self.ssl else None)
-        except (OSError, ssl.SSLError) as err:
-            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {err}") from None
+        except OSError as err:  # ssl.SSLError included
+            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {err}",
+                                   retryable=not isinstance(err, ssl.SSLCertVerificationError)) from None
         return _Connection(reader, writer)
 
     async def post(self, path: str, body: bytes, *, max_body_bytes: int) -> Response:

@@ -131,7 +131,7 @@ class OpenAIBackend:
         except http1.ReplyTooLarge as err:
             raise RequestError(f"{err} from {path} (--max-response-bytes)", retryable=False) from None
         except http1.ConnectionFailed as err:
-            raise transport_error(err, self._api_key) from None
+            raise RequestError(redact(str(err), self._api_key), retryable=err.retryable) from None
         if response.status != 200:
             raise response_error(response.status, response.body.decode("utf-8", "replace"),
                                  response.headers.get("retry-after"), path, self._api_key)
