@@ -134,7 +134,7 @@ def test_cached_decoding_matches_teacher_forcing(variant):
     encoded = encode(config)(params, batch["encoder_input_tokens"])
     cache = init_cache(config, params, batch_size=3, max_decode_length=8, encoder_length=9)
     assert int(cache["decoder"]["cache_index"]) == 0
-    assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (3, 8, 4, 8)
+    assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (3, 4, 8, 8)  # [b, heads, len, d_kv]
 
     @jax.jit
     def step(cache, tokens):

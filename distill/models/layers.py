@@ -184,8 +184,8 @@ class RelativePositionBias(nn.Module):
 class Attention(nn.Module):
     """Multi-head dot-product attention, T5 flavour (no 1/sqrt(d) scaling: it is folded into the query init).
 
-    Self-attention with decode=True keeps a KV cache of [batch, max_length,
-    heads, d_kv] in the "cache" collection and attends one new query to it;
+    Self-attention with decode=True keeps a KV cache of [batch, heads,
+    max_length, d_kv] in the "cache" collection and attends one new query to it;
     cross-attention with decode=True projects the encoder keys/values once
     (when `decode_position == 0`) and reuses them on later steps.
     """
@@ -237,8 +237,11 @@ class Attention(nn.Module):
             value = self._project(value_kernel, inputs_kv)
             if decode:
                 key, value = self._update_self_cache(key, value, decode_position)
+        # Decode caches are head-major [b, h, k, d], the layout the attention dots read: cached
+        # [b, k, h, d] keys/values were transposed whole on every step (a third of a tiny T5's step).
+        kv = "bhkd" if decode else "bkhd"
 
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(f"bqhd,{kv}->bhqk", query, key, preferred_element_type=jnp.float32)
         logits = logits.astype(jnp.float32)
         if bias is not None:
             logits = add_position_bias(logits, bias)
@@ -248,7 +251,7 @@ class Attention(nn.Module):
         if not deterministic and self.dropout_rate > 0:
             weights = Dropout(self.dropout_rate)(weights, deterministic=False)
         weights = weights.astype(self.dtype)
-        context = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        context = jnp.einsum(f"bhqk,{kv}->bqhd", weights, value)
         context = constrain(context, "batch", "length", "heads", "kv")
         context = context.reshape(context.shape[:2] + (inner,))
         out = dense(context, out_kernel)
@@ -257,19 +260,20 @@ class Attention(nn.Module):
     def _update_self_cache(
         self, key: jax.Array, value: jax.Array, position: jax.Array | None
     ) -> tuple[jax.Array, jax.Array]:
-        """Write this step's key/value at `position`; return the whole cache [b, max_len, h, d].
+        """Write this step's key/value [b, 1, h, d] at `position`; return the whole cache [b, h, max_len, d].
 
         On the first (initializing) call the cache is created with the
         shape of the full-length decoder input and the step logic is skipped.
         """
+        key, value = _heads_first(key), _heads_first(value)
         initialized = self.has_variable("cache", "cached_key")
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
         if not initialized:
             return key, value
-        if key.shape[1] != 1:
-            raise ValueError(f"decode=True expects one decoder token per step, got length {key.shape[1]}")
-        start = (0, position, 0, 0)
+        if key.shape[2] != 1:
+            raise ValueError(f"decode=True expects one decoder token per step, got length {key.shape[2]}")
+        start = (0, 0, position, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
         cached_value.value = jax.lax.dynamic_update_slice(
             cached_value.value, value.astype(cached_value.value.dtype), start
@@ -279,16 +283,18 @@ class Attention(nn.Module):
     def _cached_cross_kv(
         self, key_kernel: jax.Array, value_kernel: jax.Array, encoded: jax.Array, position: jax.Array | None
     ) -> tuple[jax.Array, jax.Array]:
-        """Encoder keys/values [b, enc_len, h, d], projected at step 0 and cached after."""
-        shape = encoded.shape[:2] + (self.num_heads, self.d_kv)
+        """Encoder keys/values [b, h, enc_len, d], projected at step 0 and cached after."""
+        shape = (encoded.shape[0], self.num_heads, encoded.shape[1], self.d_kv)
         initialized = self.has_variable("cache", "cached_key")
         cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
-        if not initialized:
-            return self._project(key_kernel, encoded), self._project(value_kernel, encoded)
 
         def project():
-            return self._project(key_kernel, encoded), self._project(value_kernel, encoded)
+            return (_heads_first(self._project(key_kernel, encoded)),
+                    _heads_first(self._project(value_kernel, encoded)))
+
+        if not initialized:
+            return project()
 
         def reuse():
             return cached_key.value, cached_value.value
@@ -296,6 +302,11 @@ class Attention(nn.Module):
         key, value = jax.lax.cond(position == 0, project, reuse)
         cached_key.value, cached_value.value = key, value
         return key, value
+
+
+def _heads_first(x: jax.Array) -> jax.Array:
+    """[b, l, h, d] -> [b, h, l, d]: the decode caches' layout."""
+    return jnp.swapaxes(x, 1, 2)
 
 
 class MLP(nn.Module):

@@ -22,7 +22,7 @@ Parameter tree (`unbox(init_params(...))["params"]`):
 
 Decoding with a KV cache (`decode=True`): `init_cache` builds the "cache"
 collection (decoder/cache_index scalar, per layer self_attention and
-encoder_decoder_attention cached_key/cached_value [batch, length, heads,
+encoder_decoder_attention cached_key/cached_value [batch, heads, length,
 d_kv]); each `T5.decode(..., decode=True)` call consumes one token [b, 1].
 """
 from __future__ import annotations
@@ -272,7 +272,7 @@ class Decoder(nn.Module):
                 self_mask = self_mask & _segment_mask(decoder_segment_ids, decoder_segment_ids)
         else:  # One step at `position` against a cache of max_length keys.
             if max_decode_length is None:
-                max_decode_length = self.variables["cache"]["layers_0"]["self_attention"]["cached_key"].shape[1]
+                max_decode_length = self.variables["cache"]["layers_0"]["self_attention"]["cached_key"].shape[2]
             self_bias = relpos(1, max_decode_length, query_offset=position)
             self_mask = (jnp.arange(max_decode_length) <= position)[None, None, None, :]
         cross_mask = _key_mask(encoder_tokens)
