@@ -128,7 +128,11 @@ def main() -> None:
         for name in commands:
             print(f"{name:>8}: {rates[name]:7.1f} lines/s  (median wall {statistics.median(walls[name]):.1f} s of "
                   f"{', '.join(f'{w:.1f}' for w in walls[name])})  peak RSS {peaks[name]:.2f} GB")
-        same = sum(a == b for a, b in zip(_predictions(outputs["distill"]), _predictions(outputs["hf"])))
+        written = {name: _predictions(path) for name, path in outputs.items()}
+        for name, predictions in written.items():
+            if len(predictions) != args.lines:
+                raise SystemExit(f"error: {name} wrote {len(predictions)} predictions for {args.lines} lines")
+        same = sum(a == b for a, b in zip(written["distill"], written["hf"]))
         print(f"distill / hf: x{rates['distill'] / rates['hf']:.2f} end to end; "
               f"identical predictions: {same} of {args.lines}")
 
