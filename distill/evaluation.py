@@ -16,8 +16,10 @@ File names come from distill/run_dir.py; every file is written atomically
 earlier steps' entries are kept. The Evaluator reads metrics.json once and
 keeps it in memory, so training returns what it wrote without reading it back.
 
-Only the decoding needs the model; the examples and metric functions come
-from seqio (imported when an `Evaluator` is built, not at module import).
+Only the decoding needs the model. The examples come from seqio
+(distill.input_pipeline.eval_examples) or, in training with `TRAIN_FEED =
+'process'`, from the files the feed's child wrote (distill/train_feed.py);
+the label tasks' metric and postprocessor are distill/metrics.py's.
 """
 from __future__ import annotations
 
@@ -67,29 +69,35 @@ class Evaluator:
       output_dir: where predictions/ and metrics.json go (the model dir).
       settings: see EvalSettings.
       write: False on non-primary processes (they decode but write nothing).
+      read_examples: (task, split, max_examples=) -> examples with input,
+        input_ids and target (default: seqio's, distill.input_pipeline.eval_examples).
     """
 
     def __init__(self, *, label_task: str, rationale_task: str | None, dataset: str, vocabulary: Any,
-                 output_dir: str, settings: EvalSettings, write: bool = True) -> None:
-        from distill import input_pipeline
+                 output_dir: str, settings: EvalSettings, write: bool = True,
+                 read_examples: Callable[..., list[Any]] | None = None) -> None:
+        from distill.metrics import metric_fn_for, strip_whitespace
+        from distill.task_specs import task_configs
 
+        if not any(label_task.endswith(f"_{c.suffix}") for c in task_configs() if c.with_metrics):
+            raise UserError(f"task {label_task!r} has no metric functions; evaluate a label task")
+        if read_examples is None:
+            from distill.input_pipeline import eval_examples as read_examples
         self.label_task = label_task
         self.dataset = dataset
         self.vocabulary = vocabulary
         self.output_dir = output_dir
         self.settings = settings
         self.write = write
-        provider = input_pipeline.get_provider(label_task)
-        self._metric_fns: Sequence[Callable] = list(provider.predict_metric_fns)
-        if not self._metric_fns:
-            raise UserError(f"task {label_task!r} has no metric functions; evaluate a label task")
-        self._postprocess = provider.postprocess_fn
-        self._splits = {split: input_pipeline.eval_examples(label_task, split, max_examples=settings.max_examples)
-                        for split in settings.splits}
+        self._metric_fns: Sequence[Callable] = [metric_fn_for(dataset)]
+        self._postprocess = strip_whitespace
+        requests = example_requests(label_task, rationale_task, settings)
+        self._splits = {split: read_examples(task, split, max_examples=count)
+                        for task, split, count in requests if task == label_task}
         self._rationales = None
-        if rationale_task and settings.splits and settings.num_rationale_examples > 0:
-            self._rationales = input_pipeline.eval_examples(rationale_task, settings.splits[-1],
-                                                            max_examples=settings.num_rationale_examples)
+        if rationale_task and len(requests) > len(self._splits):
+            task, split, count = requests[-1]
+            self._rationales = read_examples(task, split, max_examples=count)
         self.metrics: dict[str, Any] = read_metrics(output_dir)
 
     def evaluate(self, config: Any, params: Any, step: int, *, baseline: bool = False) -> dict[str, dict[str, float]]:
@@ -162,6 +170,15 @@ class Evaluator:
         """Whether metrics.json already holds every split of this evaluator at `step`."""
         done = self.metrics.get("evals", {}).get(str(step), {})
         return all(split in done for split in self._splits)
+
+
+def example_requests(label_task: str, rationale_task: str | None,
+                     settings: EvalSettings) -> list[tuple[str, str, int | None]]:
+    """(task, split, max_examples) of every example list an Evaluator reads: the label splits, then the rationales."""
+    requests = [(label_task, split, settings.max_examples) for split in settings.splits]
+    if rationale_task and rationale_task != label_task and settings.splits and settings.num_rationale_examples > 0:
+        requests.append((rationale_task, settings.splits[-1], settings.num_rationale_examples))
+    return requests
 
 
 def with_step_results(data: dict[str, Any], *, step: int, results: dict[str, dict[str, float]], dataset: str,

@@ -12,7 +12,9 @@ batches of these datasets), the price of keeping no tf.data state on disk.
 Evaluation reads the label task's valid/test splits once, in order, with
 their untokenized text, for decoding and metrics (distill.evaluation).
 
-This is the one module of the training half that imports seqio/TensorFlow.
+This is the one module of the training half that imports seqio/TensorFlow
+(inside its functions). With `TRAIN_FEED = 'process'` only the feed's child
+process calls them (distill/train_feed.py).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ class TrainData(Iterator[dict[str, np.ndarray]]):
     def __init__(self, spec: TrainDataSpec, position: int = 0) -> None:
         self.spec = spec
         self.position = position
-        self._iterator = _numpy_batches(spec, skip=position)
+        self._iterator = numpy_batches(spec, skip=position)
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._iterator)
@@ -66,8 +68,12 @@ class TrainData(Iterator[dict[str, np.ndarray]]):
         return batch
 
     def state(self) -> dict[str, Any]:
-        """JSON-able position, saved in every checkpoint's `extra`."""
-        return {"data": self.spec.to_json(), "position": self.position}
+        return data_state(self.spec, self.position)
+
+
+def data_state(spec: TrainDataSpec, position: int) -> dict[str, Any]:
+    """JSON-able position of a batch stream, saved in every checkpoint's `extra` (checked by `check_data_state`)."""
+    return {"data": spec.to_json(), "position": position}
 
 
 def check_data_state(spec: TrainDataSpec, state: Mapping[str, Any]) -> None:
@@ -87,7 +93,8 @@ def check_data_state(spec: TrainDataSpec, state: Mapping[str, Any]) -> None:
             )
 
 
-def _numpy_batches(spec: TrainDataSpec, *, skip: int) -> Iterator[dict[str, np.ndarray]]:
+def numpy_batches(spec: TrainDataSpec, *, skip: int) -> Iterator[dict[str, np.ndarray]]:
+    """The spec's batches from number `skip` on (the registered tasks' seqio pipeline, then packing or trimming)."""
     import seqio
     import tensorflow as tf
 

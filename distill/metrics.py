@@ -22,7 +22,7 @@ from distill.data.equations import safe_eval, same_value
 from distill.data.parsing import normalize_text
 from distill.data.specs import get_spec
 
-__all__ = ["accuracy", "equation_accuracy", "metric_fn_for", "safe_eval"]
+__all__ = ["accuracy", "equation_accuracy", "metric_fn_for", "safe_eval", "strip_whitespace"]
 
 MetricFn = Callable[[Sequence[str], Sequence[str]], dict]
 
@@ -56,3 +56,9 @@ _METRICS: dict[str, MetricFn] = {"accuracy": accuracy, "equation_accuracy": equa
 def metric_fn_for(dataset: str) -> MetricFn:
     """The dataset's label metric (UserError for an unknown dataset)."""
     return _METRICS[get_spec(dataset).metric]
+
+
+def strip_whitespace(output: str | bytes, example: dict | None = None, is_target: bool = False) -> str:
+    """Postprocessor of label tasks: predictions and targets compared as stripped strings."""
+    del example, is_target
+    return output.decode("utf-8").strip() if isinstance(output, bytes) else str(output).strip()

@@ -12,6 +12,8 @@ has one owner:
     <model_dir>/best/<step>/             a copy of the validation-selected step's checkpoint
     <model_dir>/predictions/             decoded splits, predictions/<split>_step<N>.jsonl
     <model_dir>/events/                  TensorBoard
+    <model_dir>/feed/<key>/              training batches and eval examples written once by a
+                                         child process (distill/train_feed.py); a cache, deletable
     <model_dir>/config.gin, vocab/spm.model
 
 `load_trained(path)` turns anything a user may pass as a checkpoint (a
@@ -43,6 +45,7 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"  # best/<step>: the validation-selected checkpoint, outside retention
 PREDICTIONS_DIR = "predictions"
 EVENTS_DIR = "events"
+FEED_DIR = "feed"  # feed/<key>/: the training batches written once (distill/train_feed.py), a cache
 HF_CONFIG_FILE = "config.json"
 HF_TOKENIZER_FILE = "spiece.model"
 

@@ -40,7 +40,6 @@ MIXTURE_OR_TASK_MODULE names) registers every dataset found under
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -54,7 +53,8 @@ import tensorflow as tf
 from distill.data import tfds_builder
 from distill.errors import UserError
 from distill.feature_converters import TASK_ID_FEATURE
-from distill.losses import LABEL_TASK, RATIONALE_TASK
+from distill.metrics import strip_whitespace
+from distill.task_specs import MIXTURES, TaskConfig, task_configs
 
 logger = logging.getLogger(__name__)
 
@@ -62,47 +62,6 @@ DEFAULT_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 SPLITS = tfds_builder.SPLITS  # seqio split -> distill.data split
 TEACHER_FIELDS = ("teacher_label", "rationale")
 _VALID_PREFIX = re.compile(r"^[\w.:]+$")
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskConfig:
-    """One task as data: which text it reads, what it predicts, how it is scored.
-
-    `train_target` / `eval_target` name the record field used as the target on
-    the train split / the validation and test splits ("label",
-    "teacher_label" or "rationale"). Examples with an empty target, or a
-    teacher target whose completion failed to parse, are left out.
-    """
-
-    suffix: str  # task name = f"{prefix}_{suffix}"
-    task_id: int
-    input_prefix: str
-    train_target: str
-    eval_target: str
-    with_metrics: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class MixtureConfig:
-    """A mixture as data: name suffix and the suffixes of its tasks."""
-
-    suffix: str
-    task_suffixes: tuple[str, ...]
-
-
-def task_configs(label_prefix: str = "[label] ", rationale_prefix: str = "[rationale] ") -> tuple[TaskConfig, ...]:
-    """The three tasks of the method (see the module docstring)."""
-    return (
-        TaskConfig("label_gt", LABEL_TASK, label_prefix, "label", "label", with_metrics=True),
-        TaskConfig("label_llm", LABEL_TASK, label_prefix, "teacher_label", "label", with_metrics=True),
-        TaskConfig("rationale", RATIONALE_TASK, rationale_prefix, "rationale", "rationale", with_metrics=False),
-    )
-
-
-MIXTURES = (
-    MixtureConfig("step_by_step_gt", ("label_gt", "rationale")),
-    MixtureConfig("step_by_step_llm", ("label_llm", "rationale")),
-)
 
 
 # ------------------------------------------------------------------ sources
@@ -224,12 +183,6 @@ def to_inputs_and_targets(ex: Mapping[str, tf.Tensor], prefix: str, task_id: int
         "targets": ex["target"],
         TASK_ID_FEATURE: tf.constant(task_id, tf.int32),
     }
-
-
-def strip_whitespace(output: str, example: Mapping | None = None, is_target: bool = False) -> str:
-    """Postprocessor of label tasks: predictions and targets compared as stripped strings."""
-    del example, is_target
-    return output.decode("utf-8").strip() if isinstance(output, bytes) else str(output).strip()
 
 
 # ------------------------------------------------------------- registration

@@ -64,6 +64,7 @@ def train(
     pack: bool = True,
     trim_padding: bool = False,
     pack_batch: bool = False,
+    feed: str = "process",
     eval_period: int = 0,
     eval_splits: Sequence[str] = ("validation", "test"),
     eval_batch_size: int = 64,
@@ -109,6 +110,10 @@ def train(
       pack_batch [PACK_BATCH]: unpacked rows only, lay each batch's sequences
         out in fewer, longer packed rows (distill/batch_packing.py): the same
         examples per step as the reference, without its padding; one process.
+      feed [TRAIN_FEED]: "process" = a child process writes the batches and
+        evaluation examples once and exits before the model is built, so this
+        process holds no TensorFlow (distill/train_feed.py); "inline" = the
+        seqio pipeline runs in this process.
       eval_baseline: with an initial checkpoint, evaluate it before step 1
         (metrics.json "baseline"; the pre-distillation accuracy to beat).
       early_stopping_patience: stop after this many evaluations without a
@@ -119,15 +124,15 @@ def train(
     """
     import jax
 
-    from distill import checkpointing, flops, input_pipeline
+    from distill import checkpointing, flops, input_pipeline, train_feed
     from distill.atomic import write_atomically
     from distill.data.datasets import resolve_data_dir
-    from distill.evaluation import EvalSettings, Evaluator
+    from distill.evaluation import EvalSettings, Evaluator, example_requests
     from distill.metric_writer import MetricWriter
     from distill.partitioning import Partitioner
-    from distill.tasks import MIXTURES, register_tasks, task_configs
+    from distill.task_specs import task_and_mixture_names
     from distill.trainer import Trainer
-    from distill.vocab import check_fits, load_vocabulary
+    from distill.vocab import check_fits, load_tokenizer
 
     # ------------------------------------------------------------ check inputs
     if "://" not in model_dir:
@@ -140,6 +145,10 @@ def train(
                         ("early_stopping_patience", early_stopping_patience)):
         if not isinstance(value, int) or value < 0:
             raise UserError(f"{name}={value!r} must be an integer >= 0 (0 = only at the end)")
+    if feed not in train_feed.FEEDS:
+        raise UserError(f"TRAIN_FEED={feed!r} must be one of {', '.join(map(repr, train_feed.FEEDS))}")
+    if not 0.0 < train_fraction <= 1.0:
+        raise UserError(f"TRAIN_FRACTION={train_fraction!r} must be in (0, 1]")
     data_dir = resolve_data_dir(data_dir, dataset=dataset)
     partitioner = partitioner if partitioner is not None else Partitioner()
     partitioner.check_batch_size(batch_size)
@@ -157,19 +166,22 @@ def train(
     initial = _inspect_initial_checkpoint(initial_checkpoint_path, model_config)
 
     # -------------------------------------------------------- vocab and tasks
-    names = [f"{dataset}_{c.suffix}" for c in (*task_configs(), *MIXTURES)]
+    names = task_and_mixture_names(dataset)
     if mixture_or_task_name not in names:
         raise UserError(f"unknown task or mixture {mixture_or_task_name!r} for dataset {dataset!r}; "
                         f"use one of {', '.join(names)}")
     os.makedirs(model_dir, exist_ok=True)
     vocab_path = _resolve_vocabulary(vocabulary_path, initial, model_dir, run_info, dataset, data_dir,
                                      vocabulary_size or model_config.vocab_size, primary)
-    vocabulary = load_vocabulary(vocab_path)
-    check_fits(vocabulary.vocab_size, model_config.vocab_size, vocab_path, "T5Config",
-               fix=f"set --gin.VOCAB_SIZE={_round_up(vocabulary.vocab_size)} (or T5Config.vocab_size) or use a "
-                   "smaller vocabulary")
-    names = register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocabulary, train_fraction=train_fraction,
-                           tfds_dir=tfds_dir)
+    vocabulary = load_tokenizer(vocab_path)
+    pieces = vocabulary.get_piece_size()
+    check_fits(pieces, model_config.vocab_size, vocab_path, "T5Config",
+               fix=f"set --gin.VOCAB_SIZE={_round_up(pieces)} (or T5Config.vocab_size) or use a smaller vocabulary")
+    if feed == "inline":
+        from distill.tasks import register_tasks
+
+        register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocab_path, train_fraction=train_fraction,
+                       tfds_dir=tfds_dir)
     label_task, rationale_task = _eval_tasks(mixture_or_task_name, names)
 
     # ------------------------------------------------------- model and state
@@ -197,6 +209,20 @@ def train(
         if config_text:
             write_atomically(os.path.join(model_dir, run_dir.CONFIG_FILE), config_text)
 
+    eval_settings = EvalSettings(splits=tuple(eval_splits), batch_size=eval_batch_size,
+                                 max_input_length=lengths["inputs"], max_decode_length=max_decode_length,
+                                 method=decode_method, num_beams=num_beams,
+                                 num_rationale_examples=num_rationale_examples,
+                                 rationale_max_decode_length=lengths["targets"], max_examples=eval_max_examples)
+    fed = None
+    if feed == "process":  # before any model state exists: the writer's memory is freed when training starts
+        fed = train_feed.TrainFeed(_feed_root(model_dir), data_spec, train_feed.FeedSource(
+            dataset=dataset, data_dir=os.path.abspath(data_dir), vocabulary_path=os.path.abspath(vocab_path),
+            train_fraction=train_fraction, tfds_dir=tfds_dir))
+        fed.prepare(0, min(train_steps, train_feed.AHEAD_BATCHES),
+                    [train_feed.EvalRequest(*request) for request in
+                     example_requests(label_task, rationale_task, eval_settings)])
+
     position = 0
     if latest is not None:
         state, extra = manager.restore(trainer.abstract_state, trainer.state_shardings)
@@ -208,16 +234,11 @@ def train(
     else:
         state = trainer.create_state()
     step = int(jax.device_get(state.step))
-    data = input_pipeline.TrainData(data_spec, position=position)
+    data = fed.batches(position, stop=train_steps) if fed else input_pipeline.TrainData(data_spec, position=position)
 
-    evaluator = Evaluator(
-        label_task=label_task, rationale_task=rationale_task, dataset=dataset, vocabulary=vocabulary,
-        output_dir=model_dir, write=primary,
-        settings=EvalSettings(splits=tuple(eval_splits), batch_size=eval_batch_size,
-                              max_input_length=lengths["inputs"], max_decode_length=max_decode_length,
-                              method=decode_method, num_beams=num_beams,
-                              num_rationale_examples=num_rationale_examples,
-                              rationale_max_decode_length=lengths["targets"], max_examples=eval_max_examples))
+    evaluator = Evaluator(label_task=label_task, rationale_task=rationale_task, dataset=dataset, vocabulary=vocabulary,
+                          output_dir=model_dir, write=primary, settings=eval_settings,
+                          read_examples=fed.eval_examples if fed else None)
     writer = MetricWriter(os.path.join(model_dir, run_dir.EVENTS_DIR), total_steps=train_steps, peak_flops=peak_flops,
                           enabled=primary)
 
@@ -365,6 +386,15 @@ def _resolve_vocabulary(vocabulary_path: str | None, initial: dict[str, Any] | N
         print(f"training a {size}-piece SentencePiece vocabulary on {dataset} into {own}", flush=True)
         train_vocabulary_for_dataset(dataset, data_dir, size=size, out_path=own)
     return own
+
+
+def _feed_root(model_dir: str) -> str:
+    """Where the training feed goes: MODEL_DIR/feed, or a local temp folder for a remote model dir."""
+    if "://" in model_dir:
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), "distill-feed")
+    return os.path.join(model_dir, run_dir.FEED_DIR)
 
 
 def _round_up(n: int, multiple: int = 128) -> int:

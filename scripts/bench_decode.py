@@ -173,7 +173,10 @@ def _save_random_model(args, directory: str) -> None:
 
 
 def main(argv=None) -> int:
+    from distill.xla_flags import single_threaded_eigen
+
     args = _parse_args(argv)
+    single_threaded_eigen()  # our decoder runs as `distill predict` runs it
     _pin(args.threads)
     if args.backend:
         _serve(args)

@@ -31,6 +31,8 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # serve_helpers: the tiny student 
 
 from serve_helpers import ServeProcess, make_student  # noqa: E402
 
+from distill.xla_flags import single_threaded_eigen  # noqa: E402
+
 MODEL = "bench"
 OFFLINE_REPEATS = 5
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "a man is playing a guitar on the street",
@@ -155,6 +157,7 @@ def _offline_row(checkpoint: pathlib.Path, args, prompts: list[str]):
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
+    single_threaded_eigen()  # offline decoding here runs as `distill serve` and `distill predict` do
     prompts = _prompts(args.requests)
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as scratch:
         scratch = pathlib.Path(scratch)

@@ -3,7 +3,7 @@
 Three sources of batches, one measurement (compile excluded: `--warmup`
 steps first, then `--steps` timed steps ending with a device sync):
 
-  # A gin experiment through the real SeqIO pipeline (needs TensorFlow + data):
+  # A gin experiment through the real SeqIO pipeline (its feed child needs TensorFlow + data):
   python scripts/bench_train.py --gin_file=experiments/svamp/step_by_step_gt_tiny.gin
 
   # The paper's code's setup (../shared/reference/bench.sh on the same machine, same init and
@@ -29,7 +29,8 @@ step-by-step mix alternates label and rationale examples (`--method
 standard` packs labels only). MFU uses distill.flops (non-padding tokens,
 encoder weights x input tokens + decoder weights x target tokens, plus
 attention). Peak memory: the process's max RSS, and on accelerators the
-device's peak bytes in use. Tokens per CPU-second (process CPU time, all
+device's peak bytes in use; with the default TRAIN_FEED = 'process' the SeqIO pipeline runs in a
+child that exits before the model is built, and its own peak is printed apart. Tokens per CPU-second (process CPU time, all
 threads) stays comparable when other jobs share the cores; the reference
 used 2 threads on 2 otherwise idle cores, i.e. at most 2 CPU-seconds/second.
 """
@@ -119,20 +120,24 @@ def synthetic_batches(*, batch_size: int, input_length: int, target_length: int,
         yield batch
 
 
-def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None,
-              batch_size: int | None) -> tuple[Any, Any, Iterator[dict[str, np.ndarray]], dict[str, int], Any]:
-    """(T5Config, optimizer, numpy batches, lengths, initial params or None) of a gin experiment via SeqIO."""
+def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, batch_size: int | None,
+              count: int) -> tuple[Any, Any, Iterator[dict[str, np.ndarray]], dict[str, int], Any, Any]:
+    """(T5Config, optimizer, numpy batches, lengths, initial params or None, feed) of a gin experiment.
+
+    The batches come as `distill train` gets them: with TRAIN_FEED = 'process' (the default) a child
+    process runs the SeqIO pipeline for the first `count` batches and exits before the model is built
+    (distill/train_feed.py, into a temp folder); with 'inline' the pipeline runs here.
+    """
     import dataclasses
     import os
     import tempfile
 
     import gin
 
-    from distill import gin_bindings, input_pipeline
+    from distill import gin_bindings, input_pipeline, train_feed
     from distill.data import datasets
-    from distill.tasks import register_tasks
     from distill.train import train
-    from distill.vocab import load_vocabulary, train_vocabulary_for_dataset
+    from distill.vocab import train_vocabulary_for_dataset
 
     gin_bindings.parse_gin(gin_files, bindings, entry_points={"train": train})
     macro = gin.query_parameter
@@ -150,17 +155,25 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None,
         initial_params, vocab_path = trained.params, vocab_path or trained.tokenizer_path
         config = dataclasses.replace(trained.config, dtype=config.dtype, remat_policy=config.remat_policy,
                                      dropout_rate=config.dropout_rate)
+    scratch = tempfile.mkdtemp(prefix="bench_train_")
     if not vocab_path:
-        vocab_path = os.path.join(tempfile.mkdtemp(prefix="bench_vocab_"), "spm.model")
+        vocab_path = os.path.join(scratch, "spm.model")
         train_vocabulary_for_dataset(dataset, data_dir, size=config.vocab_size, out_path=vocab_path)
     lengths = dict(macro("%TASK_FEATURE_LENGTHS"))
-    register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=load_vocabulary(vocab_path),
-                   train_fraction=macro("%TRAIN_FRACTION"))
     spec = input_pipeline.TrainDataSpec(
         mixture_or_task_name=macro("%MIXTURE_OR_TASK_NAME"), task_feature_lengths=tuple(sorted(lengths.items())),
         batch_size=batch_size or macro("%BATCH_SIZE"), pack=macro("%PACK"), seed=macro("%SEED"),
         trim_padding=macro("%TRIM_PADDING") and not macro("%PACK"), pack_batch=macro("%PACK_BATCH"))
-    return config, optimizer, input_pipeline.TrainData(spec), lengths, initial_params
+    if macro("%TRAIN_FEED") == "inline":
+        from distill.tasks import register_tasks
+
+        register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocab_path, train_fraction=macro("%TRAIN_FRACTION"))
+        return config, optimizer, input_pipeline.TrainData(spec), lengths, initial_params, None
+    feed = train_feed.TrainFeed(scratch, spec, train_feed.FeedSource(
+        dataset=dataset, data_dir=os.path.abspath(data_dir), vocabulary_path=os.path.abspath(vocab_path),
+        train_fraction=macro("%TRAIN_FRACTION")))
+    feed.prepare(0, count)
+    return config, optimizer, feed.batches(), lengths, initial_params, feed
 
 
 def reference_bindings(mode: str, init: str | None) -> tuple[list[str], list[str]]:
@@ -274,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     from distill.errors import UserError
 
-    initial_params = None
+    initial_params = feed = None
     try:
         if args.synthetic:
             config = model_config(args.model, args.dtype, args.remat)
@@ -290,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             files, bindings = (reference_bindings(args.reference, args.init) if args.reference
                                else (args.gin_file, []))
             bindings += [f"T5Config.dtype = '{args.dtype}'", f"T5Config.remat_policy = '{args.remat}'"]
-            config, optimizer, batches, lengths, initial_params = gin_setup(
-                files, bindings + args.gin_bindings, args.data_dir, args.batch_size)
+            config, optimizer, batches, lengths, initial_params, feed = gin_setup(
+                files, bindings + args.gin_bindings, args.data_dir, args.batch_size, args.warmup + args.steps)
             label = f"reference {args.reference}" if args.reference else " + ".join(files)
             two_rows = "step_by_step" in batches.spec.mixture_or_task_name
         import jax
@@ -307,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     achieved = f"{result['flops_per_sec'] / 1e9:.0f} GFLOP/s useful"
     if peak:
         achieved += f" = {100 * result['flops_per_sec'] / peak:.0f}% of the {peak / 1e9:.0f} GFLOP/s f32 matmul peak now"
+    writer = ("" if feed is None or feed.writer_peak_rss_gb is None else
+              f" | feed writer peak RSS {feed.writer_peak_rss_gb:.2f} GB (a child that exited before the model)")
     device = f" | device peak {result['device_peak_gb']:.2f} GB" if "device_peak_gb" in result else ""
     print(f"bench [{label}] {jax.devices()[0].platform} x{jax.device_count()}, dtype {config.dtype}, "
           f"lengths {lengths['inputs']}/{lengths['targets']}, {result['shapes']} batch shapes: "
@@ -315,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({result['tokens_per_step']:,.0f}/step) | {achieved} | {result['tokens_per_cpu_second']:,.0f} tokens per "
           f"CPU-second ({result['cpu_seconds_per_step']:.2f} CPU-s/step) | "
           f"peak RSS {result['peak_rss_gb']:.2f} GB ({result['rss_before_model_gb']:.2f} GB before the model: "
-          f"imports, data){device}{mfu}")
+          f"imports, data){writer}{device}{mfu}")
     return 0
 
 

@@ -41,11 +41,14 @@ def _send_sigterm_after_checkpoint(model_dir, step: int) -> threading.Thread:
     return thread
 
 
-def test_sigterm_saves_then_resume_writes_every_output(shared_data_dir, tmp_path):
+def test_sigterm_saves_then_resume_writes_every_output(shared_data_dir, tmp_path, monkeypatch):
+    from distill import train_feed
     from distill.train import train
 
     model_dir = tmp_path / "run"
-    # 1. A long run stopped by SIGTERM (preemption) right after its first checkpoint.
+    # 1. A long run stopped by SIGTERM (preemption) right after its first checkpoint; its feed is
+    #    written in windows (the first 64 batches before training), not all 100,000 batches first.
+    monkeypatch.setattr(train_feed, "AHEAD_BATCHES", 64)
     watcher = _send_sigterm_after_checkpoint(model_dir, 2)
     stopped = train(**_train_kwargs(shared_data_dir, model_dir, train_steps=100_000))
     watcher.join()

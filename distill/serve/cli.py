@@ -18,6 +18,7 @@ import sys
 
 from distill.errors import UserError
 from distill.predict import TASK_PREFIXES
+from distill.xla_flags import single_threaded_eigen
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,6 +95,7 @@ def _exit_quietly_after_a_graceful_stop() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    single_threaded_eigen()  # before jax makes its CPU backend (distill/xla_flags.py)
     api_key = _api_key(args.api_key_env)
     sock = _listen(args.host, args.port)
     port = sock.getsockname()[1]
