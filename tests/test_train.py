@@ -206,7 +206,9 @@ def test_entry_point_prints_one_error_line(shared_data_dir, tmp_path, capsys, mo
 def test_pack_batch_trains_on_packed_rows_of_the_same_batches(shared_data_dir, tmp_path):
     """PACK_BATCH=True through train(): packed rows of the unpacked batches; resuming without it is refused."""
     from distill.input_pipeline import TrainData, TrainDataSpec
+    from distill.tasks import register_tasks
     from distill.train import train
+    from tasks_helpers import isolated_registry
 
     model_dir = tmp_path / "run"
     kwargs = _train_kwargs(shared_data_dir, model_dir, pack=False, pack_batch=True, train_steps=2, eval_splits=())
@@ -216,7 +218,10 @@ def test_pack_batch_trains_on_packed_rows_of_the_same_batches(shared_data_dir, t
         train(**{**kwargs, "pack_batch": False, "train_steps": 4})
     spec = dict(mixture_or_task_name="svamp_step_by_step_gt", task_feature_lengths=(("inputs", 128), ("targets", 64)),
                 batch_size=4, pack=False, seed=0)
-    unpacked, packed = next(TrainData(TrainDataSpec(**spec))), next(TrainData(TrainDataSpec(**spec, pack_batch=True)))
+    with isolated_registry():  # the process feed (the default) registers the tasks in its child only
+        register_tasks(dataset="svamp", data_dir=str(shared_data_dir), vocabulary=str(model_dir / "vocab" / "spm.model"),
+                       train_fraction=0.125)
+        unpacked, packed = next(TrainData(TrainDataSpec(**spec))), next(TrainData(TrainDataSpec(**spec, pack_batch=True)))
     assert "encoder_segment_ids" in packed and packed["encoder_input_tokens"].shape[0] <= 4
     assert np.count_nonzero(packed["decoder_loss_weights"]) == np.count_nonzero(unpacked["decoder_loss_weights"])
     assert sorted(packed["encoder_input_tokens"][packed["encoder_input_tokens"] > 0].tolist()) == sorted(
