@@ -272,7 +272,7 @@ class Partitioner:
         in_shardings: Any,
         out_shardings: Any,
         donate_argnums: int | Sequence[int] = (),
-    ) -> Callable:
+    ) -> MeshJitted:
         """`jax.jit` with shardings, traced under this mesh and rule table.
 
         The mesh and rules are active while tracing so the model's
@@ -285,15 +285,32 @@ class Partitioner:
             donate_argnums=donate_argnums,
             compiler_options=self.compiler_options or None,
         )
-
-        def call(*args):
-            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.logical_axis_rules):
-                return compiled(*args)
-
-        return call
+        return MeshJitted(compiled, self.mesh, self.logical_axis_rules)
 
     def __repr__(self) -> str:
         return f"Partitioner(mesh={dict(self.mesh.shape)}, processes={jax.process_count()})"
+
+
+class MeshJitted:
+    """A jitted function that traces (on a call or `precompile`) under one mesh and rule table."""
+
+    def __init__(self, jitted: Any, mesh: Mesh, rules: Any):
+        self._jitted = jitted
+        self._mesh = mesh
+        self._rules = rules
+
+    def __call__(self, *args):
+        with jax.set_mesh(self._mesh), nn.logical_axis_rules(self._rules):
+            return self._jitted(*args)
+
+    def precompile(self, *args) -> None:
+        """Compile for these arguments' shapes now; the next call with the same shapes reuses it.
+
+        Nothing is executed and nothing donated, so the caller can release the
+        compiler's memory (distill/heap.py) before the first run allocates its own.
+        """
+        with jax.set_mesh(self._mesh), nn.logical_axis_rules(self._rules):
+            self._jitted.lower(*args).compile()
 
 
 def _device_grid(shape: tuple[int, int], devices: list[jax.Device]) -> np.ndarray:

@@ -431,6 +431,9 @@ def _mean_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """`python -m distill.train --gin_file=... --gin.MACRO=value` (also `distill train`)."""
     from distill import gin_bindings
+    from distill.heap import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before jax starts its threads (distill/heap.py)
 
     code, result = gin_bindings.run_entry_point("distill train", argv, train, name="train", pass_config_text=True)
     if code:

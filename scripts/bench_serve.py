@@ -3,9 +3,11 @@
 Starts `distill serve` twice on the same checkpoint (the default --max-batch-size, then
 --max-batch-size 1: every request decoded alone), and at each concurrency level sends --requests
 completion requests (greedy, the same prompts in the same order) from an asyncio client, keeping
-that many in flight. Reports requests/s, p50/p99 latency and the mean decoded batch size (from the
-server's /metrics). Then times `distill.predict.decode_texts` on the same inputs in this process:
-the offline ceiling, with no HTTP and perfect batches.
+that many in flight. Reports requests/s, p50/p99 latency, the mean decoded batch size and how much
+of the wall time the decoder thread was decoding (both from the server's /metrics: a busy decoder
+means the model is the limit, an idle one means HTTP and the client are). Then times
+`distill.predict.decode_texts` on the same inputs in this process: the offline ceiling, with no
+HTTP and perfect batches.
 
     python scripts/bench_serve.py                       # a tiny random T5 (tests/serve_helpers.py)
     python scripts/bench_serve.py --checkpoint runs/svamp_tiny --requests 512 --concurrency 1,16,64,256
@@ -128,8 +130,9 @@ def _serve_rows(checkpoint: pathlib.Path, args, max_batch_size: int, prompts: li
             wall, latencies = asyncio.run(_load(server.url, prompts, concurrency))
             after = _batcher_stats(server.url)
             mean_batch = (after["rows"] - before["rows"]) / max(1, after["batches"] - before["batches"])
+            busy = (after["decode_seconds"] - before["decode_seconds"]) / wall
             rows.append((f"serve --max-batch-size {max_batch_size}", concurrency, len(prompts) / wall,
-                         1000 * np.percentile(latencies, 50), 1000 * np.percentile(latencies, 99), mean_batch))
+                         1000 * np.percentile(latencies, 50), 1000 * np.percentile(latencies, 99), mean_batch, busy))
         if server.terminate() != 0:
             raise RuntimeError(f"distill serve did not exit cleanly; see {server.log}")
     return rows
@@ -152,7 +155,7 @@ def _offline_row(checkpoint: pathlib.Path, args, prompts: list[str]):
         walls.append(time.perf_counter() - started)
     wall = float(np.median(walls))
     batches = -(-len(texts) // args.max_batch_size)
-    return ("decode_texts (offline)", "-", len(texts) / wall, None, None, len(texts) / batches)
+    return ("decode_texts (offline)", "-", len(texts) / wall, None, None, len(texts) / batches, None)
 
 
 def main(argv=None) -> int:
@@ -168,10 +171,11 @@ def main(argv=None) -> int:
         rows.append(_offline_row(checkpoint, args, prompts))
     print(f"{args.requests} requests per level, greedy, {args.max_new_tokens} new tokens, "
           f"max {args.max_input_tokens} input tokens, checkpoint {args.checkpoint or 'tiny random T5'}")
-    print(f"{'setup':<28} {'concurrency':>11} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'mean batch':>10}")
-    for setup, concurrency, rate, p50, p99, batch in rows:
+    print(f"{'setup':<28} {'concurrency':>11} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'mean batch':>10} {'decoder busy':>12}")
+    for setup, concurrency, rate, p50, p99, batch, busy in rows:
         p50, p99 = ("-" if v is None else f"{v:.1f}" for v in (p50, p99))
-        print(f"{setup:<28} {concurrency!s:>11} {rate:>9.1f} {p50:>9} {p99:>9} {batch:>10.1f}")
+        busy = "-" if busy is None else f"{100 * busy:.0f}%"
+        print(f"{setup:<28} {concurrency!s:>11} {rate:>9.1f} {p50:>9} {p99:>9} {batch:>10.1f} {busy:>12}")
     return 0
 
 

@@ -114,3 +114,26 @@ def test_trimmed_padding_gives_the_full_batchs_loss(trainer, initial_params):
     full, cut = trainer.eval_step(state, batch), trainer.eval_step(state, trimmed)
     for key in ("loss", "label_loss", "rationale_loss", "label_tokens", "rationale_tokens"):
         np.testing.assert_allclose(float(cut[key]), float(full[key]), rtol=1e-5, atol=1e-6)
+
+
+
+def test_each_batch_shape_compiles_once(initial_params):
+    """The step compiled ahead of its first run (to release compiler memory first) is the one that runs."""
+    trainer = Trainer(config=CONFIG, optimizer=optax.sgd(1.0),
+                      partitioner=Partitioner(compiler_options=FAST_COMPILE), alpha=ALPHA)
+    state = trainer.init_from_params(initial_params)
+    compiles = []
+
+    def count(event, _seconds, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        for seed, packed in ((21, False), (22, False), (23, True), (24, True)):
+            state, metrics = trainer.train_step(state, make_batch(seed, packed=packed))
+        metrics = trainer.eval_step(state, make_batch(25))
+        jax.block_until_ready(metrics)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert len(compiles) == 3, compiles  # train unpacked, train packed, eval unpacked
