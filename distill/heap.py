@@ -4,7 +4,8 @@ Two glibc behaviours inflate a training process's peak RSS on XLA:CPU:
 
 - every thread of XLA's pools gets its own malloc arena (up to 8 per core), and
   memory freed in one arena is not reused by another; `limit_malloc_arenas`
-  caps them at TRAINING_ARENAS before jax starts its threads;
+  caps them at TRAINING_ARENAS before jax starts its threads (the entry
+  points that train: distill/train.py, distill/sweep.py, distill/quickstart.py);
 - compiling a train step allocates and frees 0.3-0.8 GB (tiny T5); glibc
   keeps the freed pages, and the step's own buffers, allocated next, come from
   fresh pages, so the peak is the compiler's leftovers plus the running step.

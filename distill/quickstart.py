@@ -25,6 +25,7 @@ import sys
 import time
 
 from distill import sweep
+from distill.heap import limit_malloc_arenas
 from distill.atomic import write_atomically
 from distill.data import download
 from distill.errors import UserError
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: must be at least 1")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    limit_malloc_arenas()  # it trains in this process, as `distill train` does (distill/heap.py)
     text = run_quickstart(data_dir=args.data_dir, out_dir=args.out, steps=args.steps)
     print()
     print(text)

@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 from distill import run_dir
 from distill.atomic import AtomicFile, write_atomically
 from distill.errors import UserError
+from distill.heap import limit_malloc_arenas
 from distill.report import RESULT_COLUMNS
 
 SWEEP_RECORD = "sweep.json"
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {name: default_model_spec(name, checkpoints.get(name)) for name in args.models}
     points = make_grid(args.datasets, args.methods, args.models, args.fractions, args.seeds)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    limit_malloc_arenas()  # it trains in this process, as `distill train` does (distill/heap.py)
     enable_compilation_cache(os.path.join(os.path.abspath(args.out), ".jax_cache"))
     outcome = run_sweep(points, os.path.abspath(args.out), models=models, steps=args.steps,
                         data_dir=args.data_dir, extra_bindings=args.gin)

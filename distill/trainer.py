@@ -87,7 +87,7 @@ class Trainer:
         self.seed = seed
         self._abstract: TrainState | None = None
         self._shardings: TrainState | None = None
-        self._compiled: dict[str, Any] = {}
+        self._jitted: dict[tuple, Any] = {}
         self._compiled_shapes: set[tuple] = set()
 
     # ----------------------------------------------------------- state layout
@@ -192,7 +192,7 @@ class Trainer:
 
     def _jitted_step(self, kind: str, keys: frozenset[str]):
         cache_key = (kind, keys)
-        if cache_key not in self._compiled:
+        if cache_key not in self._jitted:
             _, shardings = self._layout()
             replicated = self.partitioner.replicated
             batch_sharding = self.partitioner.batch_sharding
@@ -211,8 +211,8 @@ class Trainer:
                     in_shardings=(shardings, batch_sharding),
                     out_shardings=replicated,
                 )
-            self._compiled[cache_key] = fn
-        return self._compiled[cache_key]
+            self._jitted[cache_key] = fn
+        return self._jitted[cache_key]
 
     def _compiled_step(self, kind: str, state: TrainState, batch: Batch):
         """The jitted step, compiled for this batch's shapes before it first runs.

@@ -116,7 +116,6 @@ def test_trimmed_padding_gives_the_full_batchs_loss(trainer, initial_params):
         np.testing.assert_allclose(float(cut[key]), float(full[key]), rtol=1e-5, atol=1e-6)
 
 
-
 def test_each_batch_shape_compiles_once(initial_params):
     """The step compiled ahead of its first run (to release compiler memory first) is the one that runs."""
     trainer = Trainer(config=CONFIG, optimizer=optax.sgd(1.0),
