@@ -30,7 +30,7 @@ from distill.atomic import write_atomically
 from distill.data import download
 from distill.errors import UserError
 
-DEFAULT_STEPS = 200  # 1.4 s/step on 2 idle cores (128/128 rows, batch 8); 120 steps took 7 min in all.
+DEFAULT_STEPS = 200  # 1.4 s/step on 2 idle cores (128/128 rows, batch 8): 12 min in all (README).
 METHODS = ("standard_gt", "step_by_step_gt")
 VOCABULARY_SIZE = 4000  # experiments/tiny.gin's VOCABULARY_SIZE (T5Config.vocab_size 4096 holds it).
 HONESTY_NOTE = (

@@ -7,7 +7,9 @@ that many in flight. Reports requests/s, p50/p99 latency, the mean decoded batch
 of the wall time the decoder thread was decoding (both from the server's /metrics: a busy decoder
 means the model is the limit, an idle one means HTTP and the client are). Then times
 `distill.predict.decode_texts` on the same inputs in this process: the offline ceiling, with no
-HTTP and perfect batches.
+HTTP and perfect batches. The last line puts the batched/unbatched ratio at the top concurrency
+next to its bound, offline/unbatched: what batching can buy is what the decoder gains from
+batches, which depends on the model and the machine.
 
     python scripts/bench_serve.py                       # a tiny random T5 (tests/serve_helpers.py)
     python scripts/bench_serve.py --checkpoint runs/svamp_tiny --requests 512 --concurrency 1,16,64,256
@@ -166,8 +168,12 @@ def main(argv=None) -> int:
         scratch = pathlib.Path(scratch)
         checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else make_student(scratch / "student")
         rows = []
-        for max_batch_size in dict.fromkeys((args.max_batch_size, 1)):
-            rows += _serve_rows(checkpoint, args, max_batch_size, prompts, scratch)
+        try:
+            for max_batch_size in dict.fromkeys((args.max_batch_size, 1)):
+                rows += _serve_rows(checkpoint, args, max_batch_size, prompts, scratch)
+        except RuntimeError as err:  # a refused request (e.g. prompts over --max-input-tokens), a server that failed
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         rows.append(_offline_row(checkpoint, args, prompts))
     print(f"{args.requests} requests per level, greedy, {args.max_new_tokens} new tokens, "
           f"max {args.max_input_tokens} input tokens, checkpoint {args.checkpoint or 'tiny random T5'}")
@@ -176,7 +182,23 @@ def main(argv=None) -> int:
         p50, p99 = ("-" if v is None else f"{v:.1f}" for v in (p50, p99))
         busy = "-" if busy is None else f"{100 * busy:.0f}%"
         print(f"{setup:<28} {concurrency!s:>11} {rate:>9.1f} {p50:>9} {p99:>9} {batch:>10.1f} {busy:>12}")
+    if args.max_batch_size > 1:
+        print(_summary(rows, args.max_batch_size, max(args.levels)))
     return 0
+
+
+def _summary(rows, max_batch_size: int, concurrency: int) -> str:
+    """The batching gain at the top concurrency, next to its bound: offline decoding over unbatched serving.
+
+    Offline decoding is the server's decoder with perfect batches and no HTTP, so no server can beat
+    offline / unbatched; the fraction of it reached says how much the serving path loses.
+    """
+    rate = {(setup, level): value for setup, level, value, *_ in rows}
+    batched = rate[(f"serve --max-batch-size {max_batch_size}", concurrency)]
+    unbatched = rate[("serve --max-batch-size 1", concurrency)]
+    offline = rate[("decode_texts (offline)", "-")]
+    return (f"at concurrency {concurrency}: batched {batched:.1f} req/s = {batched / unbatched:.1f}x unbatched "
+            f"(the bound, offline / unbatched: {offline / unbatched:.1f}x) and {100 * batched / offline:.0f}% of offline")
 
 
 if __name__ == "__main__":
