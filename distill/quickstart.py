@@ -25,10 +25,10 @@ import sys
 import time
 
 from distill import sweep
-from distill.heap import limit_malloc_arenas
 from distill.atomic import write_atomically
 from distill.data import download
 from distill.errors import UserError
+from distill.heap import limit_malloc_arenas
 
 DEFAULT_STEPS = 200  # 1.4 s/step on 2 idle cores (128/128 rows, batch 8): 12 min in all (README).
 METHODS = ("standard_gt", "step_by_step_gt")

@@ -38,6 +38,7 @@ from serve_helpers import ServeProcess, make_student  # noqa: E402
 from distill.xla_flags import single_threaded_eigen  # noqa: E402
 
 MODEL = "bench"
+OFFLINE_SETUP = "decode_texts (offline)"
 OFFLINE_REPEATS = 5
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "a man is playing a guitar on the street",
              "Ann has 3 apples and buys 4 more. How many apples does she have?",
@@ -114,6 +115,11 @@ async def _load(url: str, prompts: list[str], concurrency: int) -> tuple[float, 
     return time.perf_counter() - started, latencies
 
 
+def _serve_setup(max_batch_size: int) -> str:
+    """A server's row label in the table (and the key `_summary` finds it by)."""
+    return f"serve --max-batch-size {max_batch_size}"
+
+
 def _batcher_stats(url: str) -> dict:
     import httpx
 
@@ -133,7 +139,7 @@ def _serve_rows(checkpoint: pathlib.Path, args, max_batch_size: int, prompts: li
             after = _batcher_stats(server.url)
             mean_batch = (after["rows"] - before["rows"]) / max(1, after["batches"] - before["batches"])
             busy = (after["decode_seconds"] - before["decode_seconds"]) / wall
-            rows.append((f"serve --max-batch-size {max_batch_size}", concurrency, len(prompts) / wall,
+            rows.append((_serve_setup(max_batch_size), concurrency, len(prompts) / wall,
                          1000 * np.percentile(latencies, 50), 1000 * np.percentile(latencies, 99), mean_batch, busy))
         if server.terminate() != 0:
             raise RuntimeError(f"distill serve did not exit cleanly; see {server.log}")
@@ -157,7 +163,7 @@ def _offline_row(checkpoint: pathlib.Path, args, prompts: list[str]):
         walls.append(time.perf_counter() - started)
     wall = float(np.median(walls))
     batches = -(-len(texts) // args.max_batch_size)
-    return ("decode_texts (offline)", "-", len(texts) / wall, None, None, len(texts) / batches, None)
+    return (OFFLINE_SETUP, "-", len(texts) / wall, None, None, len(texts) / batches, None)
 
 
 def main(argv=None) -> int:
@@ -194,9 +200,9 @@ def _summary(rows, max_batch_size: int, concurrency: int) -> str:
     offline / unbatched; the fraction of it reached says how much the serving path loses.
     """
     rate = {(setup, level): value for setup, level, value, *_ in rows}
-    batched = rate[(f"serve --max-batch-size {max_batch_size}", concurrency)]
-    unbatched = rate[("serve --max-batch-size 1", concurrency)]
-    offline = rate[("decode_texts (offline)", "-")]
+    batched = rate[(_serve_setup(max_batch_size), concurrency)]
+    unbatched = rate[(_serve_setup(1), concurrency)]
+    offline = rate[(OFFLINE_SETUP, "-")]
     return (f"at concurrency {concurrency}: batched {batched:.1f} req/s = {batched / unbatched:.1f}x unbatched "
             f"(the bound, offline / unbatched: {offline / unbatched:.1f}x) and {100 * batched / offline:.0f}% of offline")
 
