@@ -11,8 +11,9 @@ batch) and the model object (distill/models/student.py, which owns
 `loss_fn`); the Trainer compiles them once per batch layout (packed /
 unpacked) through `Partitioner.jit`, the one place they are jitted, with the
 state donated. Dropout keys are `fold_in(fold_in(PRNGKey(seed), step), microbatch)`:
-a resumed run draws exactly the masks an uninterrupted one would, and with
-JAX's partitionable threefry the masks do not depend on the mesh.
+a resumed run draws exactly the masks an uninterrupted one would, and since a
+mask hashes each element's global position (distill/models/layers.py,
+`hashed_bits`) the masks do not depend on the mesh.
 """
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ Before the clock starts, the timed batches are read from the pipeline and every 
 shape among them runs one untimed step, so no compilation is timed (trimmed or re-packed
 batches come in a few shapes). Examples/s counts a step-by-step example once for its two
 sequences (label and rationale), as the paper's code does. FLOP/s are useful FLOPs
-(distill.flops on non-padding tokens) against a float32 matmul peak measured on the spot.
+(distill.flops on non-padding tokens) against a matmul peak measured on the spot in the matmul operand
+dtype (`--matmul-dtype bfloat16`: bfloat16 products, float32 activations, params and loss).
 
 Synthetic rows are packed to inputs 512 / targets 128 with SVAMP-like
 lengths: inputs 40-160 tokens, labels 4-16, rationales 40-120; the
@@ -65,6 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-length", type=int, default=512)
     parser.add_argument("--target-length", type=int, default=128)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    parser.add_argument("--matmul-dtype", choices=("float32", "bfloat16"), default=None,
+                        help="operand dtype of the weight products (T5Config.matmul_dtype; default: --dtype)")
     parser.add_argument("--remat", choices=("none", "full", "minimal"), default="none")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
@@ -153,8 +156,8 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
 
         trained = load_trained(init, require_tokenizer=not vocab_path)
         initial_params, vocab_path = trained.params, vocab_path or trained.tokenizer_path
-        config = dataclasses.replace(trained.config, dtype=config.dtype, remat_policy=config.remat_policy,
-                                     dropout_rate=config.dropout_rate)
+        config = dataclasses.replace(trained.config, dtype=config.dtype, matmul_dtype=config.matmul_dtype,
+                                     remat_policy=config.remat_policy, dropout_rate=config.dropout_rate)
     scratch = tempfile.mkdtemp(prefix="bench_train_")
     if not vocab_path:
         vocab_path = os.path.join(scratch, "spm.model")
@@ -188,7 +191,7 @@ def reference_bindings(mode: str, init: str | None) -> tuple[list[str], list[str
         "OPTIMIZER = 'adamw'", "LEARNING_RATE = 5e-4", "DROPOUT_RATE = 0.1"]
 
 
-def model_config(model: str, dtype: str, remat: str) -> Any:
+def model_config(model: str, dtype: str, matmul_dtype: str, remat: str) -> Any:
     import dataclasses
 
     from distill import gin_bindings
@@ -197,7 +200,7 @@ def model_config(model: str, dtype: str, remat: str) -> Any:
         gin_bindings.parse_gin(["models/t5_1_1_tiny.gin"], MICRO)
     else:
         gin_bindings.parse_gin([f"models/t5_1_1_{model}.gin"], [])
-    return dataclasses.replace(gin_bindings.T5Config(), dtype=dtype, remat_policy=remat)
+    return dataclasses.replace(gin_bindings.T5Config(), dtype=dtype, matmul_dtype=matmul_dtype, remat_policy=remat)
 
 
 # ----------------------------------------------------------------------------
@@ -212,15 +215,16 @@ def count_sequences(batch: dict[str, np.ndarray]) -> int:
     return int(np.count_nonzero(batch["decoder_loss_weights"].any(axis=1)))
 
 
-def matmul_peak(seconds: float = 1.0) -> float:
-    """The float32 FLOP/s of one jitted jnp.dot at the train step's shapes, best of a few, measured now."""
+def matmul_peak(dtype: str = "float32", seconds: float = 1.0) -> float:
+    """The FLOP/s of one jitted jnp.dot of `dtype` operands (float32 sums) at the train step's shapes,
+    best of a few, measured now."""
     import jax
     import jax.numpy as jnp
 
     best = 0.0
     for m, k, n in ((2048, 256, 1024), (2048, 1024, 256), (8192, 1024, 256)):
-        x, w = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
-        dot = jax.jit(jnp.dot)
+        x, w = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
+        dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
         jax.block_until_ready(dot(x, w))
         runs, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / 3:
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     initial_params = feed = None
     try:
         if args.synthetic:
-            config = model_config(args.model, args.dtype, args.remat)
+            config = model_config(args.model, args.dtype, args.matmul_dtype or "", args.remat)
             from distill.optimizers import make_optimizer
 
             optimizer = make_optimizer("adamw", 5e-5)
@@ -305,14 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             files, bindings = (reference_bindings(args.reference, args.init) if args.reference
                                else (args.gin_file, []))
-            bindings += [f"T5Config.dtype = '{args.dtype}'", f"T5Config.remat_policy = '{args.remat}'"]
+            bindings += [f"T5Config.dtype = '{args.dtype}'", f"T5Config.matmul_dtype = '{args.matmul_dtype or ''}'",
+                         f"T5Config.remat_policy = '{args.remat}'"]
             config, optimizer, batches, lengths, initial_params, feed = gin_setup(
                 files, bindings + args.gin_bindings, args.data_dir, args.batch_size, args.warmup + args.steps)
             label = f"reference {args.reference}" if args.reference else " + ".join(files)
             two_rows = "step_by_step" in batches.spec.mixture_or_task_name
         import jax
 
-        peak = matmul_peak() if jax.devices()[0].platform == "cpu" else None
+        peak = matmul_peak(config.matmul_operand_dtype.name) if jax.devices()[0].platform == "cpu" else None
         result = measure(config, optimizer, batches, steps=args.steps, warmup=args.warmup,
                          peak_flops=args.peak_flops, initial_params=initial_params)
     except UserError as err:
@@ -322,11 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     mfu = "" if result["mfu"] is None else f" | MFU {100 * result['mfu']:.1f}%"
     achieved = f"{result['flops_per_sec'] / 1e9:.0f} GFLOP/s useful"
     if peak:
-        achieved += f" = {100 * result['flops_per_sec'] / peak:.0f}% of the {peak / 1e9:.0f} GFLOP/s f32 matmul peak now"
+        achieved += (f" = {100 * result['flops_per_sec'] / peak:.0f}% of the {peak / 1e9:.0f} GFLOP/s "
+                     f"{config.matmul_operand_dtype.name} matmul peak now")
     writer = ("" if feed is None or feed.writer_peak_rss_gb is None else
               f" | feed writer peak RSS {feed.writer_peak_rss_gb:.2f} GB (a child that exited before the model)")
     device = f" | device peak {result['device_peak_gb']:.2f} GB" if "device_peak_gb" in result else ""
     print(f"bench [{label}] {jax.devices()[0].platform} x{jax.device_count()}, dtype {config.dtype}, "
+          f"matmul operands {config.matmul_operand_dtype.name}, "
           f"lengths {lengths['inputs']}/{lengths['targets']}, {result['shapes']} batch shapes: "
           f"{result['steps_per_sec']:.3f} steps/s | {examples:.1f} examples/s | "
           f"{result['sequences_per_sec']:.1f} sequences/s | {result['tokens_per_sec']:,.0f} non-padding tokens/s "

@@ -12,7 +12,7 @@ import pytest
 from flax import linen as nn
 
 from distill.errors import UserError
-from distill.models.layers import Dropout, add_position_bias, relative_position_buckets
+from distill.models.layers import Dropout, add_position_bias, hashed_bits, relative_position_buckets
 from distill.models.t5 import T5, T5Config, abstract_params, init_cache, init_params
 from model_helpers import VARIANTS, padded_batch, save_hf_t5
 
@@ -34,7 +34,7 @@ def tiny_config(variant: str = "t5_1_1", **changes) -> T5Config:
 
 
 def rng(seed: int) -> jax.Array:
-    """A cheap-to-compile PRNG key: threefry dropout/init dominates CPU compile time of tiny models."""
+    """A cheap-to-compile PRNG key: threefry init dominates CPU compile time of tiny models."""
     return jax.random.key(seed, impl="unsafe_rbg")
 
 
@@ -220,10 +220,37 @@ def test_dropout_keeps_one_minus_rate_and_stays_unbiased(rate, width):
     # Kept values carry the exact inverse of the quantized keep probability.
     keep_probability = round((1 - rate) * 65536) / 65536
     np.testing.assert_allclose(np.asarray(out)[kept], 1 / keep_probability, rtol=1e-6)
-    # Neighbouring elements (two halves of one random word) are not correlated.
+    # Neighbouring elements (two halves of one hashed word) are not correlated.
     pairs = kept.reshape(-1)[: kept.size // 2 * 2].reshape(-1, 2)
     assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 0.02
     assert Dropout(rate).apply({}, x, deterministic=True) is x
+
+
+def test_hashed_bits_are_uniform_and_uncorrelated_across_keys_rows_and_transposition():
+    shape = (64, 64, 33)
+    bits = np.asarray(hashed_bits(jax.random.PRNGKey(0), shape))  # the all-zero key adds nothing
+    np.testing.assert_array_equal(bits, np.asarray(hashed_bits(jax.random.PRNGKey(0), shape)))
+    assert len(np.unique(bits)) > 0.99 * bits.size
+    ones = np.unpackbits(bits.view(np.uint8)).reshape(-1, 32).mean(axis=0)
+    assert np.all(np.abs(ones - 0.5) < 4 * 0.5 / np.sqrt(bits.size))  # every bit position is fair
+
+    def low(b):
+        return (b & 1).astype(np.float64).ravel()
+
+    square = bits[:, :, 0]
+    above = np.triu_indices(64, 1)
+    pairs = {
+        "keys": (bits, np.asarray(hashed_bits(jax.random.PRNGKey(1), shape))),
+        "rows": (bits[:-1], bits[1:]),
+        "neighbours": (bits[..., :-1], bits[..., 1:]),
+        "transposed": (square[above], square.T[above]),
+        "typed keys": (np.asarray(hashed_bits(jax.random.key(1, impl="unsafe_rbg"), shape)),
+                       np.asarray(hashed_bits(jax.random.key(2, impl="unsafe_rbg"), shape))),
+    }
+    for name, (a, b) in pairs.items():
+        assert abs(np.corrcoef(low(a), low(b))[0, 1]) < 4 / np.sqrt(a.size), name
+    with pytest.raises(ValueError, match="per leading index"):
+        hashed_bits(jax.random.PRNGKey(0), (2, 1 << 16, 1 << 16))
 
 
 def test_position_bias_gradient_equals_broadcast_add_gradient():

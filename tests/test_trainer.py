@@ -1,5 +1,6 @@
 """Trainer on a tiny T5 (1 device): the loss is the DESIGN formula on the model's logits,
-gradient accumulation is exact, bf16 compute keeps f32 params, bad input is a UserError.
+gradient accumulation is exact, bf16 compute keeps f32 params, bf16 matmuls track f32 gradients,
+bad input is a UserError.
 """
 import jax
 import numpy as np
@@ -84,6 +85,28 @@ def test_bfloat16_compute_keeps_float32_params(trainer, initial_params):
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
     assert np.isfinite(float(metrics["loss"])) and 3.0 < float(metrics["loss"]) < 6.0  # ~ln(64)
     assert int(state.step) == 1
+
+
+def test_bfloat16_matmuls_keep_float32_activations_and_track_float32_gradients(trainer, initial_params):
+    """T5Config.matmul_dtype: bf16 products with float32 sums; activations, gradients and params stay float32."""
+    batch = make_batch(15)
+    mixed_config = CONFIG.replace(matmul_dtype="bfloat16")
+    mixed = Trainer(config=mixed_config, optimizer=optax.sgd(1.0), partitioner=trainer.partitioner, alpha=ALPHA)
+
+    def grads(model):
+        return jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, None)[0]))(initial_params)
+
+    hlo = jax.jit(lambda p: mixed.model.logits(p, batch)).lower(initial_params).as_text()
+    assert "bf16" in hlo and mixed.model.logits(initial_params, batch).dtype == np.float32
+    want, got = grads(trainer.model), grads(mixed.model)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        assert g.dtype == np.float32
+    flat_want = np.concatenate([np.ravel(w) for w in jax.tree.leaves(want)])
+    flat_got = np.concatenate([np.ravel(g) for g in jax.tree.leaves(got)])
+    error = np.linalg.norm(flat_got - flat_want) / np.linalg.norm(flat_want)
+    assert 0 < error < 2e-2  # rounded to bf16's 8 bits, yet the same gradient
+    with pytest.raises(UserError, match="matmul_dtype"):
+        CONFIG.replace(matmul_dtype="int8")
 
 
 def test_bad_input_is_a_user_error(trainer, initial_params):

@@ -32,18 +32,71 @@ _normal = nn.initializers.normal
 _fan_in = functools.partial(nn.initializers.variance_scaling, mode="fan_in", distribution="normal")
 
 
-def dense(x: jax.Array, kernel: jax.Array, *, transposed: bool = False, **dot_kwargs) -> jax.Array:
+def dense(x: jax.Array, kernel: jax.Array, *, transposed: bool = False, out_dtype: jnp.dtype | None = None,
+          operand_dtype: jnp.dtype | None = None) -> jax.Array:
     """x [..., in] times kernel [in, out] (or [out, in] when transposed) -> [..., out].
 
+    Both operands are multiplied in `operand_dtype` (default: x's dtype, the
+    compute dtype); the result comes in `out_dtype` (default: x's dtype).
+    With 16-bit operands the products accumulate in float32 and the gradients
+    come back in x's and the kernel's own dtypes (`_low_precision_dense`).
     The leading dims are folded into one row dim first. XLA:CPU then takes
-    the weight gradient x^T dy straight from row-major operands; with
-    [batch, length, ...] operands it copies a transposed [out, batch*length]
-    gradient through a slow strided fusion (measured: the tiny T5 train step
-    spent ~40% of its time in those copies).
+    the weight gradient x^T dy straight from row-major operands; with [batch,
+    length, ...] operands it copies a transposed [out, batch*length] gradient
+    through a slow strided fusion (measured: the tiny T5 train step spent ~40%
+    of its time in those copies).
     """
     rows = x.reshape(-1, x.shape[-1])
-    y = jnp.einsum("ni,oi->no" if transposed else "ni,io->no", rows, kernel, **dot_kwargs)
+    out_dtype = jnp.dtype(out_dtype or x.dtype)
+    operand_dtype = jnp.dtype(operand_dtype or x.dtype)
+    if jnp.finfo(operand_dtype).bits == 16:
+        y = _low_precision_dense(rows, kernel, transposed, (operand_dtype, out_dtype, rows.dtype))
+    else:
+        y = _product(rows, kernel.astype(rows.dtype), transposed, out_dtype)
     return y.reshape(x.shape[:-1] + (y.shape[-1],))
+
+
+def _product(rows: jax.Array, kernel: jax.Array, transposed: bool, out_dtype: jnp.dtype) -> jax.Array:
+    """rows [n, in] x kernel [in, out] (or [out, in]) -> [n, out], accumulated and returned in out_dtype."""
+    return jnp.einsum("ni,oi->no" if transposed else "ni,io->no", rows, kernel, preferred_element_type=out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _low_precision_dense(rows: jax.Array, kernel: jax.Array, transposed: bool,
+                         dtypes: tuple[jnp.dtype, jnp.dtype, jnp.dtype]) -> jax.Array:
+    """rows [n, in] x kernel -> [n, out]; dtypes = (16-bit operand dtype, out dtype, rows' dtype).
+
+    Every product (the forward one and the two of the gradient) multiplies
+    16-bit operands into a float32 result: the mixed-precision recipe of TPUs
+    and GPUs, and the form XLA:CPU's bfloat16 kernels take (on avx512_bf16,
+    bf16 x bf16 -> f32 runs at twice the float32 rate, while a bf16 -> bf16
+    product is upcast to float32). The saved activation is the 16-bit copy;
+    the gradients come back in the dtypes of rows and kernel, so float32 params
+    and activations are never rounded on their way back.
+    """
+    return _low_precision_dense_fwd(rows, kernel, transposed, dtypes)[0]
+
+
+def _low_precision_dense_fwd(rows, kernel, transposed, dtypes):
+    operand_dtype, out_dtype, _ = dtypes
+    low_rows = rows.astype(operand_dtype)
+    y = _product(low_rows, kernel.astype(operand_dtype), transposed, jnp.float32).astype(out_dtype)
+    # The kernel itself is the residual (a parameter, alive anyway), cast again in the backward pass.
+    return y, (low_rows, kernel)
+
+
+def _low_precision_dense_bwd(transposed, dtypes, residuals, grad):
+    operand_dtype, _, rows_dtype = dtypes
+    low_rows, kernel = residuals
+    low_kernel, grad = kernel.astype(operand_dtype), grad.astype(operand_dtype)
+    rows_spec, kernel_spec = ("no,oi->ni", "no,ni->oi") if transposed else ("no,io->ni", "ni,no->io")
+    d_rows = jnp.einsum(rows_spec, grad, low_kernel, preferred_element_type=jnp.float32)
+    operands = (grad, low_rows) if transposed else (low_rows, grad)
+    d_kernel = jnp.einsum(kernel_spec, *operands, preferred_element_type=jnp.float32)
+    return d_rows.astype(rows_dtype), d_kernel.astype(kernel.dtype)
+
+
+_low_precision_dense.defvjp(_low_precision_dense_fwd, _low_precision_dense_bwd)
 
 
 @jax.custom_vjp
@@ -76,15 +129,54 @@ def constrain(x: jax.Array, *axes: str) -> jax.Array:
     return nn.with_logical_constraint(x, axes)
 
 
-class Dropout(nn.Module):
-    """Inverted dropout whose keep test uses 16 random bits per element.
+# Multipliers of murmur3's 32-bit finalizer: a bijection of uint32 in which every input bit
+# flips every output bit with probability ~1/2.
+_FMIX32_MULTIPLIERS = (0x85EBCA6B, 0xC2B2AE35)
+_GOLDEN_RATIO = 0x9E3779B9  # 2**32 / phi, odd: spreads consecutive leading indices over uint32
 
-    flax's nn.Dropout draws a float from a full 32-bit threefry word per
-    element; splitting each word into two 16-bit halves halves the threefry
-    work, which was ~15% of the tiny T5 train step on CPU. The keep
-    probability is quantized to k / 65536 (|error| <= 8e-6) and the kept
+
+def _fmix32(x: jax.Array) -> jax.Array:
+    for multiplier, shift in zip(_FMIX32_MULTIPLIERS, (16, 13)):
+        x = (x ^ (x >> shift)) * np.uint32(multiplier)
+    return x ^ (x >> 16)
+
+
+def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Random uint32 bits [shape]: a hash of (key, element index), for dropout masks.
+
+    bits = fmix32(fmix32(inner + k0) ^ fmix32(leading * 0x9E3779B9 + k1)), where k0, k1
+    are the key's first and last words, `leading` is the position along axis 0 and
+    `inner` the position within one [shape[1:]] slice (the golden-ratio multiplier
+    keeps the two halves from mirroring each other: with one map for both, (i, j)
+    and (j, i) would collide). Each element comes from its global position alone,
+    so the bits do not depend on the mesh, and XLA fuses the draw into its
+    consumer: about 20 integer ops per word. JAX's threefry (~45 ops per word, in
+    a rolled loop on CPU with thousands of small copies) took 13% of the tiny T5
+    train step (scripts/bench_train.py; README.md, training throughput). Good
+    enough for dropout masks, not for cryptography.
+    """
+    words = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    words = jnp.asarray(words, jnp.uint32).reshape(-1)
+    inner_size = math.prod(shape[1:])
+    if inner_size >= 2**32:
+        raise ValueError(f"hashed_bits: {shape} has {inner_size:,} elements per leading index, at most 2**32 - 1")
+    inner = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in range(len(shape) - 1, 0, -1):
+        inner = inner + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
+        stride *= shape[axis]
+    leading = _fmix32(jnp.arange(shape[0], dtype=jnp.uint32) * np.uint32(_GOLDEN_RATIO) + words[-1])
+    leading = leading.reshape((-1,) + (1,) * (len(shape) - 1))
+    return _fmix32(_fmix32(inner + words[0]) ^ leading)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose keep test uses 16 hashed random bits per element.
+
+    The bits come from `hashed_bits` (one uint32 word for two elements) instead of
+    flax's threefry floats: the same masks on any mesh, at a fraction of the cost.
+    The keep probability is quantized to k / 65536 (|error| <= 8e-6) and the kept
     values are scaled by exactly its inverse, so the layer stays unbiased.
-    Masks depend only on the key and the element index, not on the mesh.
     """
 
     rate: float
@@ -95,7 +187,7 @@ class Dropout(nn.Module):
             return x
         threshold = round((1.0 - self.rate) * 65536)
         width = x.shape[-1]
-        words = jax.random.bits(self.make_rng("dropout"), x.shape[:-1] + ((width + 1) // 2,), jnp.uint32)
+        words = hashed_bits(self.make_rng("dropout"), x.shape[:-1] + ((width + 1) // 2,))
         halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(x.shape[:-1] + (-1,))[..., :width]
         keep = halves < threshold
         return jnp.where(keep, x * jnp.asarray(65536 / threshold, x.dtype), jnp.zeros((), x.dtype))
@@ -195,14 +287,14 @@ class Attention(nn.Module):
     dropout_rate: float
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    matmul_dtype: jnp.dtype | None = None  # operand dtype of the projections (None: dtype)
 
     def _kernel(self, name: str, shape: tuple[int, int], axes: tuple[str, str], init) -> jax.Array:
-        kernel = self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
-        return kernel.astype(self.dtype)
+        return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
 
     def _project(self, kernel: jax.Array, x: jax.Array) -> jax.Array:
         """[b, l, embed] x [embed, heads*d_kv] -> [b, l, heads, d_kv]."""
-        y = dense(x.astype(self.dtype), kernel)
+        y = dense(x.astype(self.dtype), kernel, operand_dtype=self.matmul_dtype)
         y = y.reshape(y.shape[:2] + (self.num_heads, self.d_kv))
         return constrain(y, "batch", "length", "heads", "kv")
 
@@ -254,7 +346,7 @@ class Attention(nn.Module):
         context = jnp.einsum(f"bhqk,{kv}->bqhd", weights, value)
         context = constrain(context, "batch", "length", "heads", "kv")
         context = context.reshape(context.shape[:2] + (inner,))
-        out = dense(context, out_kernel)
+        out = dense(context, out_kernel, operand_dtype=self.matmul_dtype)
         return constrain(out, "batch", "length", "embed")
 
     def _update_self_cache(
@@ -318,6 +410,7 @@ class MLP(nn.Module):
     dropout_rate: float
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    matmul_dtype: jnp.dtype | None = None  # operand dtype of the products (None: dtype)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -326,8 +419,8 @@ class MLP(nn.Module):
 
         def project(name, shape, axes, inputs):
             init = nn.with_logical_partitioning(_fan_in(1.0), axes)
-            kernel = self.param(name, init, shape, self.param_dtype).astype(self.dtype)
-            return dense(inputs.astype(self.dtype), kernel)
+            kernel = self.param(name, init, shape, self.param_dtype)
+            return dense(inputs.astype(self.dtype), kernel, operand_dtype=self.matmul_dtype)
 
         act = ACTIVATIONS[self.activation]
         if self.gated:
@@ -356,6 +449,7 @@ class Embed(nn.Module):
     features: int
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    matmul_dtype: jnp.dtype | None = None  # operand dtype of `attend` (None: dtype)
 
     def setup(self):
         self.embedding = self.param(
@@ -371,6 +465,5 @@ class Embed(nn.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """[b, l, embed] -> logits [b, l, vocab] float32 (tied output layer)."""
-        return dense(
-            x.astype(self.dtype), self.embedding.astype(self.dtype), transposed=True, preferred_element_type=jnp.float32
-        )
+        return dense(x.astype(self.dtype), self.embedding, transposed=True, out_dtype=jnp.float32,
+                     operand_dtype=self.matmul_dtype)

@@ -78,6 +78,10 @@ class T5Config:
     feed_forward_proj: str = "gated-gelu"  # "relu" = original T5; see FEED_FORWARD_PROJ.
     tie_word_embeddings: bool = False  # True = original T5: logits from the embedding, scaled by d_model**-0.5.
     dtype: str = "float32"  # Compute dtype of matmuls/activations (softmax, norms, logits stay float32).
+    # Operand dtype of the weight matrix products ("" = dtype). "bfloat16" with dtype "float32"
+    # multiplies in bfloat16 (float32 sums) and keeps every activation and gradient float32:
+    # twice XLA:CPU's float32 matmul rate on avx512_bf16 CPUs (distill/models/layers.py dense).
+    matmul_dtype: str = ""
     param_dtype: str = "float32"
     remat_policy: str = "none"  # "none" | "full" (recompute each layer) | "minimal" (keep matmul outputs).
     pad_token_id: int = 0
@@ -90,6 +94,7 @@ class T5Config:
             ("remat_policy", self.remat_policy in REMAT_POLICIES, REMAT_POLICIES),
             ("dtype", self.dtype in DTYPES, DTYPES),
             ("param_dtype", self.param_dtype in DTYPES, DTYPES),
+            ("matmul_dtype", self.matmul_dtype in ("", *DTYPES), ("", *DTYPES)),
         ]
         for field, ok, allowed in checks:
             if not ok:
@@ -113,6 +118,10 @@ class T5Config:
     def weight_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.param_dtype)
 
+    @property
+    def matmul_operand_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.matmul_dtype or self.dtype)
+
 
 def _common(config: T5Config) -> dict:
     return dict(dtype=config.compute_dtype, param_dtype=config.weight_dtype)
@@ -123,12 +132,14 @@ def _norm(config: T5Config, name: str) -> RMSNorm:
 
 
 def _attention(config: T5Config, name: str) -> Attention:
-    return Attention(config.num_heads, config.d_kv, config.dropout_rate, name=name, **_common(config))
+    return Attention(config.num_heads, config.d_kv, config.dropout_rate, name=name,
+                     matmul_dtype=config.matmul_operand_dtype, **_common(config))
 
 
 def _mlp(config: T5Config) -> MLP:
     activation, gated = FEED_FORWARD_PROJ[config.feed_forward_proj]
-    return MLP(config.d_ff, activation, gated, config.dropout_rate, name="mlp", **_common(config))
+    return MLP(config.d_ff, activation, gated, config.dropout_rate, name="mlp",
+               matmul_dtype=config.matmul_operand_dtype, **_common(config))
 
 
 def _relpos(config: T5Config, bidirectional: bool) -> RelativePositionBias:
@@ -301,7 +312,7 @@ class Decoder(nn.Module):
                 (cfg.d_model, cfg.vocab_size),
                 cfg.weight_dtype,
             )
-            logits = dense(x, kernel.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+            logits = dense(x, kernel, out_dtype=jnp.float32, operand_dtype=cfg.matmul_operand_dtype)
         return constrain(logits.astype(jnp.float32), "batch", "length", "vocab")
 
 
@@ -312,7 +323,7 @@ class T5(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, **_common(cfg))
+        self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, matmul_dtype=cfg.matmul_operand_dtype, **_common(cfg))
         self.encoder = Encoder(cfg, self.token_embedder)
         self.decoder = Decoder(cfg, self.token_embedder)
 
