@@ -16,6 +16,7 @@ Data flows one way; each module has one job:
     trainer             pure train_step / eval_step and the Trainer that compiles them
     checkpointing       orbax checkpoints of the train state; preemption
     decoding            greedy, sampling, beam search over a `tokens_to_logits` callable
+    argmax              argmax over the last axis as two vectorized reductions (decoding, losses)
     predict             the compiled decoders, text in / text out, `distill predict`
     metrics             accuracy and SVAMP's equation accuracy
     evaluation          decode + score the label task, predictions and metrics files, the selected step

@@ -27,6 +27,8 @@ from typing import Any, Callable, Protocol
 import jax
 import jax.numpy as jnp
 
+from distill.argmax import argmax_last_axis
+
 PyTree = Any
 
 # Additive penalty for "impossible" candidates; the value HF uses, so scores tie-break alike.
@@ -139,7 +141,7 @@ def greedy_decode(
     positions after a row's EOS hold `pad_id`.
     """
     return _token_by_token(
-        tokens_to_logits, state, lambda logits, step: jnp.argmax(logits, axis=-1),
+        tokens_to_logits, state, lambda logits, step: argmax_last_axis(logits),
         batch_size=batch_size, max_decode_length=max_decode_length,
         eos_id=eos_id, start_id=start_id, pad_id=pad_id,
     )

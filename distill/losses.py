@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from distill.argmax import argmax_last_axis
+
 # Task ids, the one definition: examples carry them (distill/tasks.py), the feature converter
 # spreads them over target tokens, the loss splits on them.
 LABEL_TASK = 0
@@ -62,7 +64,7 @@ def token_cross_entropy(
     else:
         ce = -target_logprob
     z = z_loss * jnp.square(log_z)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    correct = (argmax_last_axis(logits) == targets).astype(jnp.float32)
     return ce, z, correct
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from distill import decoding
+from distill.argmax import argmax_last_axis
 
 EOS, PAD = 1, 0
 VOCAB = 6
@@ -93,6 +94,15 @@ def _length(tokens):
 
 
 # ----------------------------------------------------------------------------- greedy
+
+
+def test_argmax_last_axis_is_jnp_argmax_with_ties_to_the_first_index():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 257))
+    np.testing.assert_array_equal(argmax_last_axis(logits), jnp.argmax(logits, axis=-1))
+    ties = jnp.zeros((2, 9)).at[0, 4].set(1.0).at[0, 7].set(1.0).at[1, 8].set(-1.0)
+    np.testing.assert_array_equal(argmax_last_axis(ties), [4, 0])
+    broken = jnp.full((1, 5), jnp.nan)
+    assert 0 <= int(argmax_last_axis(broken)[0]) < 5  # an index the embedding can take
 
 
 def test_greedy_follows_argmax_and_pads_after_eos():
