@@ -196,6 +196,28 @@ def expand_to_beams(state: PyTree, num_beams: int) -> PyTree:
     return jax.tree_util.tree_map(expand, state)
 
 
+def chunked_top_k(x: jax.Array, k: int, chunk: int = 128) -> tuple[jax.Array, jax.Array]:
+    """jax.lax.top_k(x, k) for x [b, n]: (values [b, k], indices [b, k]), the same answer, faster.
+
+    XLA:CPU's top_k walks every element of a row one by one (6 ms for the
+    [32, 4 x 32128] scores of a beam step, 15% of tiny T5's beam search).
+    The k largest values lie in the k chunks with the largest maxima (a value
+    outside them would have k larger chunk maxima above it), so: the max of
+    each chunk of `chunk` columns (a vectorized reduction), top_k over those
+    maxima, then top_k over the k chosen chunks only. The chunks are taken in
+    column order, so ties go to the lowest index as with jax.lax.top_k.
+    """
+    rows, n = x.shape
+    if n <= 4 * k * chunk:
+        return jax.lax.top_k(x, k)
+    padded = jnp.pad(x, ((0, 0), (0, -n % chunk)), constant_values=-jnp.inf).reshape(rows, -1, chunk)
+    _, chosen = jax.lax.top_k(jnp.max(padded, axis=-1), k)
+    chosen = jnp.sort(chosen, axis=-1)
+    candidates = jnp.take_along_axis(padded, chosen[:, :, None], axis=1).reshape(rows, k * chunk)
+    values, position = jax.lax.top_k(candidates, k)
+    return values, jnp.take_along_axis(chosen, position // chunk, axis=1) * chunk + position % chunk
+
+
 def _gather_beams(x: jax.Array, indices: jax.Array) -> jax.Array:
     """x [b, n, ...] gathered along the beam axis by indices [b, m] -> [b, m, ...]."""
     indices = indices.reshape(indices.shape + (1,) * (x.ndim - 2))
@@ -271,7 +293,7 @@ def beam_search(
 
         # The 2k best continuations over all beams: enough for k to keep running
         # even when k of them end in EOS.
-        top_scores, top_flat = jax.lax.top_k(totals, candidates)
+        top_scores, top_flat = chunked_top_k(totals, candidates)
         parents, top_tokens = top_flat // vocab, (top_flat % vocab).astype(jnp.int32)
         top_seqs = _gather_beams(carry["running_seqs"], parents)
         top_seqs = jax.lax.dynamic_update_slice(top_seqs, top_tokens[:, :, None], (0, 0, step))

@@ -105,6 +105,17 @@ def test_argmax_last_axis_is_jnp_argmax_with_ties_to_the_first_index():
     assert 0 <= int(argmax_last_axis(broken)[0]) < 5  # an index the embedding can take
 
 
+@pytest.mark.parametrize("shape, k", [((4, 4 * 1000), 8), ((3, 70001), 3), ((2, 50), 4)])
+def test_chunked_top_k_is_lax_top_k(shape, k):
+    scores = jax.random.normal(jax.random.PRNGKey(shape[1]), shape)
+    for got, want in zip(decoding.chunked_top_k(scores, k, chunk=16), jax.lax.top_k(scores, k), strict=True):
+        np.testing.assert_array_equal(got, want)
+    ties = jnp.zeros(shape).at[0, shape[1] - 1].set(2.0).at[0, 17].set(1.0).at[0, 3].set(1.0)
+    values, indices = decoding.chunked_top_k(ties, k, chunk=16)
+    np.testing.assert_array_equal(indices[0, :3], [shape[1] - 1, 3, 17])  # ties: lowest index first
+    np.testing.assert_array_equal(indices[1], jnp.arange(k))
+
+
 def test_greedy_follows_argmax_and_pads_after_eos():
     tokens = _greedy(GREEDY_MISSES, _state(1), length=6)
     np.testing.assert_array_equal(tokens, [[2, 4, EOS, PAD, PAD, PAD]])
