@@ -75,7 +75,6 @@ def make_tokens_to_logits(
     parameters are closed over (shared by all rows and beams).
     """
     model = T5(config)
-    batch_size, encoder_length = encoder_input_tokens.shape
 
     def tokens_to_logits(tokens: jax.Array, state: dict) -> tuple[jax.Array, dict]:
         logits, mutated = model.apply(
@@ -90,8 +89,7 @@ def make_tokens_to_logits(
         )
         return logits[:, -1, :], {**state, "cache": mutated["cache"]}
 
-    cache = init_cache(config, params, batch_size=batch_size, max_decode_length=max_decode_length,
-                       encoder_length=encoder_length)
+    cache = init_cache(config, params, encoded, encoder_input_tokens, max_decode_length=max_decode_length)
     state = {"cache": cache, "encoded": encoded, "encoder_input_tokens": encoder_input_tokens}
     return tokens_to_logits, state
 

@@ -132,9 +132,13 @@ def test_cached_decoding_matches_teacher_forcing(variant):
     model = T5(config)
     full = forward(config)(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
     encoded = encode(config)(params, batch["encoder_input_tokens"])
-    cache = init_cache(config, params, batch_size=3, max_decode_length=8, encoder_length=9)
+    cache = init_cache(config, params, encoded, batch["encoder_input_tokens"], max_decode_length=8)
     assert int(cache["decoder"]["cache_index"]) == 0
-    assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (3, 4, 8, 8)  # [b, heads, len, d_kv]
+    layer = cache["decoder"]["layers_0"]
+    assert layer["self_attention"]["cached_key"].shape == (3, 4, 8, 8)  # [b, heads, len, d_kv]
+    assert not np.any(layer["self_attention"]["cached_key"])
+    assert layer["encoder_decoder_attention"]["cached_value"].shape == (3, 4, 9, 8)  # projected once, up front
+    assert np.any(layer["encoder_decoder_attention"]["cached_value"])
 
     @jax.jit
     def step(cache, tokens):

@@ -277,9 +277,10 @@ class Attention(nn.Module):
     """Multi-head dot-product attention, T5 flavour (no 1/sqrt(d) scaling: it is folded into the query init).
 
     Self-attention with decode=True keeps a KV cache of [batch, heads,
-    max_length, d_kv] in the "cache" collection and attends one new query to it;
-    cross-attention with decode=True projects the encoder keys/values once
-    (when `decode_position == 0`) and reuses them on later steps.
+    cache_length, d_kv] in the "cache" collection and attends one new query to
+    it; cross-attention with decode=True reads the encoder keys/values that the
+    initializing call projected into the cache (distill/models/t5.py init_cache),
+    so decode steps never project them again.
     """
 
     num_heads: int
@@ -309,10 +310,14 @@ class Attention(nn.Module):
         deterministic: bool,
         decode: bool = False,
         decode_position: jax.Array | None = None,
+        cache_length: int | None = None,
         cross: bool = False,
     ) -> jax.Array:
         """inputs_q [b, lq, embed], inputs_kv [b, lk, embed], bias [1, heads, lq, lk] float32,
-        mask [b, 1, lq, lk] bool (True = may attend). Returns [b, lq, embed]."""
+        mask [b, 1, lq, lk] bool (True = may attend). Returns [b, lq, embed].
+
+        decode=True: `decode_position` is the step's position (None on the initializing
+        call, which creates the cache with `cache_length` positions)."""
         d_model = inputs_q.shape[-1]
         inner = self.num_heads * self.d_kv
         kv_axes = ("embed", "joined_kv")
@@ -323,12 +328,12 @@ class Attention(nn.Module):
 
         query = self._project(query_kernel, inputs_q)
         if decode and cross:
-            key, value = self._cached_cross_kv(key_kernel, value_kernel, inputs_kv, decode_position)
+            key, value = self._cached_cross_kv(key_kernel, value_kernel, inputs_kv)
         else:
             key = self._project(key_kernel, inputs_kv)
             value = self._project(value_kernel, inputs_kv)
             if decode:
-                key, value = self._update_self_cache(key, value, decode_position)
+                key, value = self._update_self_cache(key, value, decode_position, cache_length)
         # Decode caches are head-major [b, h, k, d], the layout the attention dots read: cached
         # [b, k, h, d] keys/values were transposed whole on every step (a third of a tiny T5's step).
         kv = "bhkd" if decode else "bkhd"
@@ -350,21 +355,22 @@ class Attention(nn.Module):
         return constrain(out, "batch", "length", "embed")
 
     def _update_self_cache(
-        self, key: jax.Array, value: jax.Array, position: jax.Array | None
+        self, key: jax.Array, value: jax.Array, position: jax.Array | None, cache_length: int | None
     ) -> tuple[jax.Array, jax.Array]:
-        """Write this step's key/value [b, 1, h, d] at `position`; return the whole cache [b, h, max_len, d].
+        """Write this step's key/value [b, 1, h, d] at `position`; return the whole cache [b, h, cache_length, d].
 
-        On the first (initializing) call the cache is created with the
-        shape of the full-length decoder input and the step logic is skipped.
+        The initializing call (position None) creates the zeroed cache and
+        attends to its own keys only.
         """
         key, value = _heads_first(key), _heads_first(value)
-        initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-        if not initialized:
+        if position is None:
+            shape = key.shape[:2] + (cache_length or key.shape[2], key.shape[3])
+            self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+            self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
             return key, value
         if key.shape[2] != 1:
             raise ValueError(f"decode=True expects one decoder token per step, got length {key.shape[2]}")
+        cached_key, cached_value = self.variable("cache", "cached_key"), self.variable("cache", "cached_value")
         start = (0, 0, position, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
         cached_value.value = jax.lax.dynamic_update_slice(
@@ -373,26 +379,20 @@ class Attention(nn.Module):
         return cached_key.value, cached_value.value
 
     def _cached_cross_kv(
-        self, key_kernel: jax.Array, value_kernel: jax.Array, encoded: jax.Array, position: jax.Array | None
+        self, key_kernel: jax.Array, value_kernel: jax.Array, encoded: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        """Encoder keys/values [b, h, enc_len, d], projected at step 0 and cached after."""
-        shape = (encoded.shape[0], self.num_heads, encoded.shape[1], self.d_kv)
-        initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
+        """Encoder keys/values [b, h, enc_len, d]: projected by the initializing call, then read.
 
-        def project():
-            return (_heads_first(self._project(key_kernel, encoded)),
-                    _heads_first(self._project(value_kernel, encoded)))
-
-        if not initialized:
-            return project()
-
-        def reuse():
-            return cached_key.value, cached_value.value
-
-        key, value = jax.lax.cond(position == 0, project, reuse)
-        cached_key.value, cached_value.value = key, value
+        Projecting them inside the decode loop (under a lax.cond on the step)
+        made XLA copy both cached arrays out of the cond on every step (9% of a
+        tiny T5's beam search, scripts/bench_decode.py).
+        """
+        if self.has_variable("cache", "cached_key"):
+            return self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
+        key = _heads_first(self._project(key_kernel, encoded))
+        value = _heads_first(self._project(value_kernel, encoded))
+        self.put_variable("cache", "cached_key", key)
+        self.put_variable("cache", "cached_value", value)
         return key, value
 
 

@@ -23,7 +23,8 @@ Parameter tree (`unbox(init_params(...))["params"]`):
 Decoding with a KV cache (`decode=True`): `init_cache` builds the "cache"
 collection (decoder/cache_index scalar, per layer self_attention and
 encoder_decoder_attention cached_key/cached_value [batch, heads, length,
-d_kv]); each `T5.decode(..., decode=True)` call consumes one token [b, 1].
+d_kv], the latter projected from the encoder outputs once); each
+`T5.decode(..., decode=True)` call consumes one token [b, 1].
 """
 from __future__ import annotations
 
@@ -192,19 +193,20 @@ class DecoderLayer(nn.Module):
         deterministic: bool,
         decode: bool,
         decode_position: jax.Array | None,
+        cache_length: int | None = None,
     ) -> jax.Array:
         """[b, lt, embed] with encoded [b, li, embed] -> [b, lt, embed]."""
         cfg = self.config
         dropout = Dropout(cfg.dropout_rate)
         y = _norm(cfg, "pre_self_attention_layer_norm")(x)
         y = _attention(cfg, "self_attention")(
-            y, y, self_bias, self_mask, deterministic=deterministic, decode=decode, decode_position=decode_position
+            y, y, self_bias, self_mask, deterministic=deterministic, decode=decode, decode_position=decode_position,
+            cache_length=cache_length,
         )
         x = x + dropout(y, deterministic=deterministic)
         y = _norm(cfg, "pre_cross_attention_layer_norm")(x)
         y = _attention(cfg, "encoder_decoder_attention")(
-            y, encoded, None, cross_mask, deterministic=deterministic, decode=decode,
-            decode_position=decode_position, cross=True,
+            y, encoded, None, cross_mask, deterministic=deterministic, decode=decode, cross=True,
         )
         x = x + dropout(y, deterministic=deterministic)
         y = _norm(cfg, "pre_mlp_layer_norm")(x)
@@ -276,7 +278,7 @@ class Decoder(nn.Module):
                 position = index.value
                 index.value = position + 1
 
-        if position is None:  # Teacher forcing (or cache creation): a causal square.
+        if position is None:  # Teacher forcing (or the cache-creating call): a causal square.
             self_bias = relpos(length, length)
             self_mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
             if decoder_segment_ids is not None:
@@ -296,7 +298,8 @@ class Decoder(nn.Module):
         layer_cls = DecoderLayer if decode else _remat(DecoderLayer, cfg.remat_policy, static_argnums=static)
         for i in range(cfg.num_decoder_layers):
             x = layer_cls(cfg, name=f"layers_{i}")(
-                x, encoded, self_bias, self_mask, cross_mask, deterministic, decode, position
+                x, encoded, self_bias, self_mask, cross_mask, deterministic, decode, position,
+                *((max_decode_length,) if decode else ()),
             )
         x = _norm(cfg, "decoder_norm")(x)
         x = dropout(x, deterministic=deterministic)
@@ -353,6 +356,8 @@ class T5(nn.Module):
 
         decode=True: lt == 1, one step against the "cache" collection (apply
         with mutable=["cache"]); the step's position is the cache's own index.
+        Without a cache (init_cache) this call creates it: self-attention caches
+        of `max_decode_length` positions, and the encoder keys/values projected.
         """
         return self.decoder(
             encoded,
@@ -412,33 +417,23 @@ def abstract_params(
 
 
 def init_cache(
-    config: T5Config, params: Any, *, batch_size: int, max_decode_length: int, encoder_length: int
+    config: T5Config, params: Any, encoded: jax.Array, encoder_input_tokens: jax.Array, *, max_decode_length: int
 ) -> dict:
-    """Zeroed "cache" collection for decode=True steps (cache_index 0).
+    """The "cache" collection for decode=True steps, at cache_index 0.
 
+    encoded [b, Li, d_model] (T5.encode's output), encoder_input_tokens [b, Li].
     Leaves: decoder/cache_index (int32 scalar); per decoder layer
-    self_attention/cached_{key,value} [batch, max_decode_length, heads, d_kv]
-    and encoder_decoder_attention/cached_{key,value} [batch, encoder_length,
-    heads, d_kv] (filled from the encoded inputs on step 0). params may be
-    boxed or plain; only shapes are traced.
+    self_attention/cached_{key,value} [b, heads, max_decode_length, d_kv]
+    (zeros) and encoder_decoder_attention/cached_{key,value} [b, heads, Li,
+    d_kv] (the encoder outputs projected once, here, not in the decode loop).
+    Costs one decoder step's compute. params may be boxed or plain.
     """
     params = nn.unbox(params)
     if "params" in params:  # Accept {"params": ...} variables as well as the bare tree.
         params = params["params"]
-    model = T5(config)
-
-    def make(p):
-        encoded = jnp.zeros((batch_size, encoder_length, config.d_model), config.compute_dtype)
-        _, variables = model.apply(
-            {"params": p},
-            encoded,
-            jnp.ones((batch_size, encoder_length), jnp.int32),
-            jnp.zeros((batch_size, max_decode_length), jnp.int32),
-            decode=True,
-            mutable=["cache"],
-            method=T5.decode,
-        )
-        return variables["cache"]
-
-    shapes = jax.eval_shape(make, params)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    start = jnp.full((encoded.shape[0], 1), config.decoder_start_token_id, jnp.int32)
+    _, variables = T5(config).apply(
+        {"params": params}, encoded, encoder_input_tokens, start, decode=True,
+        max_decode_length=max_decode_length, mutable=["cache"], method=T5.decode,
+    )
+    return variables["cache"]
