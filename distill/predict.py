@@ -296,6 +296,16 @@ def read_inputs(path: str) -> list[dict]:
     return records
 
 
+MATMUL_DTYPE_HELP = ("operand dtype of the weight products: bfloat16 multiplies in bfloat16 with float32 sums "
+                     "(about 1.5x faster on CPUs with avx512_bf16, outputs may differ in rare near-ties); "
+                     "default: the checkpoint's, float32 for a Hugging Face folder")
+
+
+def with_matmul_dtype(config: T5Config, matmul_dtype: str | None) -> T5Config:
+    """config with T5Config.matmul_dtype = `matmul_dtype` (the --matmul-dtype flag), or as it is when None."""
+    return config if matmul_dtype is None else config.replace(matmul_dtype=matmul_dtype)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distill predict", description=(
         "Predict labels or rationales with a T5 checkpoint."))
@@ -314,6 +324,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-decode-length", type=int, default=128)
     parser.add_argument("--max-input-length", type=int, default=512)
+    parser.add_argument("--matmul-dtype", choices=("float32", "bfloat16"), default=None, help=MATMUL_DTYPE_HELP)
     args = parser.parse_args(argv)
     if args.input_file and not args.output_file:
         parser.error("--input-file needs --output-file")
@@ -335,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"output directory {Path(args.output_file).parent} does not exist")
     trained = load_trained(args.checkpoint, require_tokenizer=True)
     config, params, vocabulary = trained.config, trained.params, trained.tokenizer()
+    config = with_matmul_dtype(config, args.matmul_dtype)
     prefix = TASK_PREFIXES[args.task]
     predictions = decode_texts(
         config, params, vocabulary, [prefix + record["input"] for record in records],

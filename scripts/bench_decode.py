@@ -50,6 +50,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
                         help="CPUs each backend is pinned to (torch.set_num_threads too); 1 = least noise")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after warm-up (median reported)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--matmul-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="distill's T5Config.matmul_dtype (Hugging Face runs float32 either way)")
     # Internal: run one backend in this process.
     parser.add_argument("--backend", choices=("jax", "hf"), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -89,6 +91,7 @@ def _jax_decoder(args):
     from distill.predict import predict_batch
 
     config, params = load_hf_checkpoint(args.checkpoint)
+    config = config.replace(matmul_dtype=args.matmul_dtype)
     params = jax.device_put(params)
     tokens = jax.device_put(_inputs(args))
 
@@ -141,7 +144,7 @@ class _Child:
 
     def __init__(self, args, backend: str, checkpoint: str):
         argv = [sys.executable, os.path.abspath(__file__), "--backend", backend, "--checkpoint", checkpoint]
-        for flag in ("size", "batch", "input_length", "decode_length", "num_beams", "threads", "seed"):
+        for flag in ("size", "batch", "input_length", "decode_length", "num_beams", "threads", "seed", "matmul_dtype"):
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.device = self._read()["device"]
@@ -203,7 +206,7 @@ def main(argv=None) -> int:
             theirs.close()
     print(f"bench_decode size={args.size} batch={args.batch} input_length={args.input_length} "
           f"new_tokens={args.decode_length} beams={args.num_beams} threads={args.threads} "
-          f"jax_device={ours.device} repeats={args.repeats}")
+          f"jax_device={ours.device} repeats={args.repeats} distill_matmuls={args.matmul_dtype} HF=float32")
     for method in methods:
         r = results[method]
         for name, side in (("distill", "ours"), ("HF", "theirs")):

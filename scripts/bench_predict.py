@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--max-decode-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="CPUs both sides are pinned to")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--matmul-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="distill predict's --matmul-dtype (Hugging Face runs float32 either way)")
     parser.add_argument("--backend", choices=("hf",), help=argparse.SUPPRESS)
     parser.add_argument("--input-file", help=argparse.SUPPRESS)
     parser.add_argument("--output-file", help=argparse.SUPPRESS)
@@ -111,11 +113,13 @@ def main() -> None:
         outputs = {name: os.path.join(scratch, f"{name}.jsonl") for name in ("distill", "hf")}
         commands = {
             "distill": [sys.executable, "-m", "distill.cli", "predict", "--checkpoint", args.checkpoint,
-                        "--input-file", inputs, "--output-file", outputs["distill"], *sizes],
+                        "--input-file", inputs, "--output-file", outputs["distill"], *sizes,
+                        "--matmul-dtype", args.matmul_dtype],
             "hf": [sys.executable, os.path.abspath(__file__), "--backend", "hf", "--checkpoint", args.checkpoint,
                    "--input-file", inputs, "--output-file", outputs["hf"], "--threads", str(args.threads), *sizes],
         }
         print(f"{args.lines} lines, batch {args.batch_size}, greedy, up to {args.max_decode_length} new tokens, "
+              f"distill matmuls in {args.matmul_dtype}, "
               f"CPUs {sorted(cpus)}, load average {os.getloadavg()[0]:.2f}")
         walls: dict[str, list[float]] = {name: [] for name in commands}
         peaks: dict[str, float] = {}

@@ -6,6 +6,7 @@ detokenized with the same SentencePiece model.
 """
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -93,6 +94,21 @@ def test_predict_file_adds_predictions_in_order(hf_dir, tmp_path):
     expected = _hf_predictions(model, vocab, [r["input"] for r in records])
     assert written == [{**r, "prediction": p} for r, p in zip(records, expected)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"], "no temp files left behind"
+
+
+def test_bfloat16_matmuls_decode_with_bfloat16_products(hf_dir, capsys):
+    """--matmul-dtype bfloat16 reaches the decoder: the compiled program multiplies bf16 operands."""
+    directory, model, vocab = hf_dir
+    text = "she sold four cups of lemonade"
+    assert predict.main(["--checkpoint", str(directory), "--input", text, "--task", "none",
+                         "--max-decode-length", str(NEW_TOKENS), "--matmul-dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == _hf_predictions(model, vocab, [text])[0]  # no near-ties here
+    trained = load_trained(str(directory), require_tokenizer=True)
+    config = predict.with_matmul_dtype(trained.config, "bfloat16")
+    assert predict.with_matmul_dtype(trained.config, None) is trained.config
+    tokens = np.ones((1, 8), np.int32)
+    hlo = jax.jit(lambda p: predict.predict_batch(config, p, tokens, max_decode_length=4)).lower(trained.params)
+    assert "bf16" in hlo.as_text()
 
 
 def test_predict_reads_a_training_run_and_its_vocabulary(hf_dir, tmp_path, capsys):

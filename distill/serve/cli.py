@@ -17,7 +17,7 @@ import socket
 import sys
 
 from distill.errors import UserError
-from distill.predict import TASK_PREFIXES
+from distill.predict import MATMUL_DTYPE_HELP, TASK_PREFIXES, with_matmul_dtype
 from distill.xla_flags import single_threaded_eigen
 
 
@@ -46,6 +46,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="generation requests in flight before new ones get 429 (default %(default)s)")
     add("--max-body-bytes", type=int, default=1 << 20,
         help="largest request body; larger gets 413 (default %(default)s)")
+    add("--matmul-dtype", choices=("float32", "bfloat16"), default=None, help=MATMUL_DTYPE_HELP)
     add("--access-log", action="store_true",
         help="log one line per request (off by default: formatting it costs about as much as the routing)")
     args = parser.parse_args(argv)
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = load_trained(args.checkpoint, require_tokenizer=True)
     tokenizer = trained.tokenizer()
     model_name = args.model_name or os.path.basename(os.path.abspath(args.checkpoint).rstrip(os.sep))
-    decoder = Decoder(trained.config, trained.params, max_batch_size=args.max_batch_size,
+    config = with_matmul_dtype(trained.config, args.matmul_dtype)
+    decoder = Decoder(config, trained.params, max_batch_size=args.max_batch_size,
                       max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens)
     print(f"distill serve: compiling greedy decoding for rows {decoder.row_buckets} x input lengths "
           f"{decoder.length_buckets} ...", file=sys.stderr, flush=True)
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ServeOptions(limits=Limits(model_name, args.max_input_tokens, args.max_new_tokens),
                            task_prefix=TASK_PREFIXES[args.task], api_key=api_key, max_in_flight=args.max_in_flight,
                            max_body_bytes=args.max_body_bytes, max_wait_s=args.max_wait_ms / 1000)
-    app = create_app(decoder, tokenizer, options, eos_id=trained.config.eos_token_id)
+    app = create_app(decoder, tokenizer, options, eos_id=config.eos_token_id)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="info", access_log=args.access_log))
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"distill serve: {model_name} on http://{shown}:{port}/v1", file=sys.stderr, flush=True)
