@@ -55,6 +55,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--max-input-tokens", type=int, default=128)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--matmul-dtype", choices=("float32", "bfloat16"), default=None,
+                        help="`distill serve --matmul-dtype` for both servers and the offline decoding")
     args = parser.parse_args(argv)
     args.levels = [int(c) for c in args.concurrency.split(",")]
     if args.requests < 1 or min(args.levels) < 1:
@@ -129,7 +131,8 @@ def _batcher_stats(url: str) -> dict:
 def _serve_rows(checkpoint: pathlib.Path, args, max_batch_size: int, prompts: list[str], log_dir: pathlib.Path):
     flags = ["--model-name", MODEL, "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
              "--max-new-tokens", str(args.max_new_tokens), "--max-input-tokens", str(args.max_input_tokens),
-             "--max-in-flight", str(max(args.levels) + 1)]
+             "--max-in-flight", str(max(args.levels) + 1),
+             *(["--matmul-dtype", args.matmul_dtype] if args.matmul_dtype else [])]
     rows = []
     with ServeProcess(checkpoint, flags, log_dir / f"serve_b{max_batch_size}.log", ready_timeout=1800) as server:
         asyncio.run(_load(server.url, prompts[:4], 4))  # untimed: connections, first batches
@@ -151,15 +154,16 @@ def _offline_row(checkpoint: pathlib.Path, args, prompts: list[str]):
     from distill.run_dir import load_trained
 
     trained = load_trained(str(checkpoint), require_tokenizer=True)
+    config = predict.with_matmul_dtype(trained.config, args.matmul_dtype)
     texts = [predict.TASK_PREFIXES["label"] + p for p in prompts]
     options = dict(batch_size=args.max_batch_size, max_input_length=args.max_input_tokens,
                    max_decode_length=args.max_new_tokens)
     tokenizer = trained.tokenizer()
-    predict.decode_texts(trained.config, trained.params, tokenizer, texts, **options)  # compile
+    predict.decode_texts(config, trained.params, tokenizer, texts, **options)  # compile
     walls = []
     for _ in range(OFFLINE_REPEATS):  # one pass is a fraction of a second: take the median of a few
         started = time.perf_counter()
-        predict.decode_texts(trained.config, trained.params, tokenizer, texts, **options)
+        predict.decode_texts(config, trained.params, tokenizer, texts, **options)
         walls.append(time.perf_counter() - started)
     wall = float(np.median(walls))
     batches = -(-len(texts) // args.max_batch_size)
@@ -182,7 +186,8 @@ def main(argv=None) -> int:
             return 2
         rows.append(_offline_row(checkpoint, args, prompts))
     print(f"{args.requests} requests per level, greedy, {args.max_new_tokens} new tokens, "
-          f"max {args.max_input_tokens} input tokens, checkpoint {args.checkpoint or 'tiny random T5'}")
+          f"max {args.max_input_tokens} input tokens, checkpoint {args.checkpoint or 'tiny random T5'}, "
+          f"matmuls in {args.matmul_dtype or 'the checkpoint dtype'}")
     print(f"{'setup':<28} {'concurrency':>11} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'mean batch':>10} {'decoder busy':>12}")
     for setup, concurrency, rate, p50, p99, batch, busy in rows:
         p50, p99 = ("-" if v is None else f"{v:.1f}" for v in (p50, p99))

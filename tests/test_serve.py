@@ -331,7 +331,8 @@ def test_graceful_stop_finishes_the_requests_in_flight(student):
 
 
 def test_batcher_groups_rows_by_settings_and_length_bucket():
-    """Rows share a batch only with the same settings and length bucket; a seeded group is private."""
+    """Full batches come from one length bucket; rows share a batch only with the same settings; a seeded
+    group is private."""
     from distill.serve.batcher import Batcher
     from distill.serve.decoder import GREEDY, Settings
 
@@ -358,9 +359,10 @@ def test_batcher_groups_rows_by_settings_and_length_bucket():
     assert stats["rows"] == 12 and stats["batch_sizes"] == {"1": 2, "2": 1, "4": 2}
 
 
-def test_batcher_fills_a_batch_with_shorter_rows_and_skips_the_wait_when_every_request_is_queued():
-    """A long row's batch takes the short rows along (same settings, not seeded); when every request
-    in flight has rows queued, batches go at once, although max_wait is a minute."""
+def test_batcher_fills_a_batch_with_rows_of_other_lengths_and_skips_the_wait_when_every_request_is_queued():
+    """A batch with room takes rows of other length buckets along (same settings, not seeded), shorter
+    or longer; when every request in flight has rows queued, batches go at once, although max_wait is
+    a minute."""
     from distill.serve.batcher import Batcher
     from distill.serve.decoder import GREEDY, Settings
 
@@ -387,6 +389,21 @@ def test_batcher_fills_a_batch_with_shorter_rows_and_skips_the_wait_when_every_r
     assert [r.ids for r in results] == [[6] * 30, [5], [7, 7], [8] * 40, [9]]
     assert sorted((method, lengths) for method, lengths, _ in decoder.calls) == [
         ("greedy", [31, 2, 3]), ("sample", [2]), ("sample", [41])]
+
+    decoder.calls.clear()
+    requests.clear()
+
+    async def short_first():
+        batcher = Batcher(decoder, max_wait_s=60.0, in_flight=in_flight)
+        batcher.start()
+        requests.append(batcher.submit([[5, 1]], GREEDY))                  # bucket 16, the oldest
+        requests.append(batcher.submit([[6] * 30 + [1]], GREEDY))          # bucket 64: rides along
+        results = await asyncio.wait_for(asyncio.gather(*(f for futures in requests for f in futures)), 30)
+        await batcher.stop()
+        return results
+
+    assert [r.ids for r in asyncio.run(short_first())] == [[5], [6] * 30]
+    assert [lengths for _, lengths, _ in decoder.calls] == [[2, 31]]
 
 
 def test_bucket_rungs():

@@ -10,8 +10,9 @@ up is only as large as the requests that happened to arrive meanwhile); when eve
 server holds has rows queued (none is being read or answered, so no more rows can come soon and
 waiting would only add latency); or at once when it is private: a seeded sampling request gets a
 group of its own, so its draws do not depend on who else happened to be waiting. A batch with room
-left takes rows of shorter length buckets with the same settings, oldest first: they fit the
-batch's shape, so under load batches fill up instead of splitting by length.
+left takes rows of other length buckets with the same settings, oldest first, and is padded to the
+longest of them: under load batches fill up instead of splitting by length (a decode step costs
+about the same for a longer encoder input, while a second, smaller batch costs a whole decode).
 
 Decoding runs on one worker thread (one accelerator runs one program at a time; jax releases the
 GIL while it runs), so the event loop keeps reading requests and answering /health meanwhile, and
@@ -176,9 +177,9 @@ class Batcher:
             group.batches += 1
 
     def _riders(self, batch: _Group, room: int) -> list[_Row]:
-        """Up to `room` rows of shorter buckets with the batch's settings, oldest first, taken off their groups."""
+        """Up to `room` rows of other buckets with the batch's settings, oldest first, taken off their groups."""
         donors = sorted(((group.rows[0].arrived, key) for key, group in self._groups.items()
-                         if group.settings == batch.settings and group.length < batch.length and group.takes_riders()),
+                         if group.settings == batch.settings and group.takes_riders()),
                         key=lambda item: item[0])
         riders: list[_Row] = []
         for _, key in donors:
