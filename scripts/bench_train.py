@@ -191,7 +191,7 @@ def reference_bindings(mode: str, init: str | None) -> tuple[list[str], list[str
         "OPTIMIZER = 'adamw'", "LEARNING_RATE = 5e-4", "DROPOUT_RATE = 0.1"]
 
 
-def model_config(model: str, dtype: str, matmul_dtype: str, remat: str) -> Any:
+def model_config(model: str, dtype: str, remat: str, matmul_dtype: str = "") -> Any:
     import dataclasses
 
     from distill import gin_bindings
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     initial_params = feed = None
     try:
         if args.synthetic:
-            config = model_config(args.model, args.dtype, args.matmul_dtype or "", args.remat)
+            config = model_config(args.model, args.dtype, args.remat, args.matmul_dtype or "")
             from distill.optimizers import make_optimizer
 
             optimizer = make_optimizer("adamw", 5e-5)
