@@ -151,7 +151,7 @@ def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     and (j, i) would collide). Each element comes from its global position alone,
     so the bits do not depend on the mesh, and XLA fuses the draw into its
     consumer: about 20 integer ops per word. JAX's threefry (~45 ops per word, in
-    a rolled loop on CPU with thousands of small copies) took 13% of the tiny T5
+    a rolled loop on CPU with thousands of small copies) took 8-13% of the tiny T5
     train step (scripts/bench_train.py; README.md, training throughput). Good
     enough for dropout masks, not for cryptography.
     """
