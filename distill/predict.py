@@ -297,7 +297,8 @@ def read_inputs(path: str) -> list[dict]:
 
 
 MATMUL_DTYPE_HELP = ("operand dtype of the weight products: bfloat16 multiplies in bfloat16 with float32 sums "
-                     "(about 1.5x faster on CPUs with avx512_bf16, outputs may differ in rare near-ties); "
+                     "(about 1.5x faster on CPUs with avx512_bf16; where the top tokens are close the outputs can differ, "
+                     "often so for an untrained model); "
                      "default: the checkpoint's, float32 for a Hugging Face folder")
 
 

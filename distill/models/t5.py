@@ -193,7 +193,7 @@ class DecoderLayer(nn.Module):
         deterministic: bool,
         decode: bool,
         decode_position: jax.Array | None,
-        cache_length: int | None = None,
+        cache_length: int | None,
     ) -> jax.Array:
         """[b, lt, embed] with encoded [b, li, embed] -> [b, lt, embed]."""
         cfg = self.config
@@ -294,12 +294,11 @@ class Decoder(nn.Module):
 
         x = dropout(self.embedder(decoder_tokens), deterministic=deterministic)
         x = constrain(x, "batch", "length", "embed")
-        static = (6, 7)
+        static = (6, 7, 9)
         layer_cls = DecoderLayer if decode else _remat(DecoderLayer, cfg.remat_policy, static_argnums=static)
         for i in range(cfg.num_decoder_layers):
             x = layer_cls(cfg, name=f"layers_{i}")(
-                x, encoded, self_bias, self_mask, cross_mask, deterministic, decode, position,
-                *((max_decode_length,) if decode else ()),
+                x, encoded, self_bias, self_mask, cross_mask, deterministic, decode, position, max_decode_length
             )
         x = _norm(cfg, "decoder_norm")(x)
         x = dropout(x, deterministic=deterministic)
