@@ -12,7 +12,7 @@ import pytest
 from flax import linen as nn
 
 from distill.errors import UserError
-from distill.models.layers import Dropout, add_position_bias, hashed_bits, relative_position_buckets
+from distill.models.layers import Dropout, add_position_bias, dense, hashed_bits, relative_position_buckets
 from distill.models.t5 import T5, T5Config, abstract_params, init_cache, init_params
 from model_helpers import VARIANTS, padded_batch, save_hf_t5
 
@@ -255,6 +255,19 @@ def test_hashed_bits_are_uniform_and_uncorrelated_across_keys_rows_and_transposi
         assert abs(np.corrcoef(low(a), low(b))[0, 1]) < 4 / np.sqrt(a.size), name
     with pytest.raises(ValueError, match="per leading index"):
         hashed_bits(jax.random.PRNGKey(0), (2, 1 << 16, 1 << 16))
+
+
+def test_dense_multiplies_in_the_operand_dtype_whatever_the_activations():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 64))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (64, 16))
+    exact = np.asarray(x @ kernel)
+    low = x.astype(jnp.bfloat16)
+    # bfloat16 activations, float32 products: only the rounding of the activations shows.
+    wide = dense(low, kernel, operand_dtype=jnp.float32, out_dtype=jnp.float32)
+    np.testing.assert_allclose(wide, np.asarray(low.astype(jnp.float32) @ kernel), rtol=1e-5, atol=1e-5)
+    # float32 activations, bfloat16 products (T5Config.matmul_dtype): float32 out, bf16-close.
+    mixed = dense(x, kernel, operand_dtype=jnp.bfloat16)
+    assert mixed.dtype == jnp.float32 and 0 < np.abs(np.asarray(mixed) - exact).max() < 0.5
 
 
 def test_position_bias_gradient_equals_broadcast_add_gradient():

@@ -52,7 +52,7 @@ def dense(x: jax.Array, kernel: jax.Array, *, transposed: bool = False, out_dtyp
     if jnp.finfo(operand_dtype).bits == 16:
         y = _low_precision_dense(rows, kernel, transposed, (operand_dtype, out_dtype, rows.dtype))
     else:
-        y = _product(rows, kernel.astype(rows.dtype), transposed, out_dtype)
+        y = _product(rows.astype(operand_dtype), kernel.astype(operand_dtype), transposed, out_dtype)
     return y.reshape(x.shape[:-1] + (y.shape[-1],))
 
 
