@@ -12,7 +12,8 @@ import pytest
 from flax import linen as nn
 
 from distill.errors import UserError
-from distill.models.layers import Dropout, add_position_bias, dense, hashed_bits, relative_position_buckets
+from distill.models.layers import (Dropout, add_position_bias, attention_product, contract_leading, dense, hashed_bits,
+                                   relative_position_buckets)
 from distill.models.t5 import T5, T5Config, abstract_params, init_cache, init_params
 from model_helpers import VARIANTS, padded_batch, save_hf_t5
 
@@ -268,6 +269,38 @@ def test_dense_multiplies_in_the_operand_dtype_whatever_the_activations():
     # float32 activations, bfloat16 products (T5Config.matmul_dtype): float32 out, bf16-close.
     mixed = dense(x, kernel, operand_dtype=jnp.bfloat16)
     assert mixed.dtype == jnp.float32 and 0 < np.abs(np.asarray(mixed) - exact).max() < 0.5
+
+
+@pytest.mark.parametrize("spec, x_shape, y_shape", [
+    ("ni,no->io", (37, 24), (37, 40)),  # a weight gradient x^T dy
+    ("no,ni->oi", (48, 40), (48, 24)),  # a transposed kernel's; 48 rows: a full block of padding
+    ("bqhd,bhqk->bkhd", (2, 9, 3, 8), (2, 3, 9, 11)),  # attention's dK
+    ("bhqk,bqhd->bkhd", (2, 3, 9, 11), (2, 9, 3, 8)),  # attention's dV
+])
+def test_contract_leading_is_the_einsum_of_16_bit_operands(spec, x_shape, y_shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), x_shape).astype(jnp.bfloat16)
+    y = jax.random.normal(jax.random.PRNGKey(1), y_shape).astype(jnp.bfloat16)
+    got = jax.jit(functools.partial(contract_leading, spec))(x, y)  # compiled: XLA:CPU once rejected such products
+    want = np.einsum(spec, np.asarray(x, np.float32), np.asarray(y, np.float32))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_16_bit_attention_products_track_the_float32_gradients():
+    query = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 3, 8))
+    key = jax.random.normal(jax.random.PRNGKey(1), (2, 13, 3, 8))
+    probe = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 9, 13))
+
+    def loss(dtype, query, key):
+        return jnp.sum(jnp.tanh(attention_product("bqhd,bkhd->bhqk", query, key, dtype)) * probe)
+
+    want = jax.jit(jax.grad(functools.partial(loss, jnp.float32), argnums=(0, 1)))(query, key)
+    got = jax.jit(jax.grad(functools.partial(loss, jnp.bfloat16), argnums=(0, 1)))(query, key)
+    for w, g in zip(want, got):
+        assert g.dtype == jnp.float32
+        assert 0 < np.linalg.norm(np.asarray(g - w)) / np.linalg.norm(np.asarray(w)) < 2e-2
+    with pytest.raises(ValueError, match="one operand only"):
+        jax.grad(lambda a: attention_product("bqhd,bkhe->bhqk", a, key[..., :1], jnp.bfloat16).sum())(query)
 
 
 def test_position_bias_gradient_equals_broadcast_add_gradient():
