@@ -8,6 +8,10 @@ failure of the environment (a file that cannot be read or written, a full
 disk), becomes one `error: ...` line on stderr and exit code 2 (with
 DISTILL_DEBUG=1 the traceback too); anything else is a bug and keeps its
 traceback, with exit code 1.
+
+A process that runs a command of `XLA_COMMANDS` first restarts itself once
+with malloc on huge pages (distill/heap.py: a third of a CPU train step went
+to page faults); `main` called from Python (tests, notebooks) never restarts.
 """
 import importlib
 import os
@@ -35,6 +39,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("report",): ("distill.report:main", "tables and plots from results.csv"),
 }
 
+# Commands whose processes run XLA executions, each allocating its buffers afresh (distill/heap.py).
+XLA_COMMANDS = {("train",), ("eval",), ("infer",), ("predict",), ("serve",), ("quickstart",), ("sweep",)}
+
 
 def _usage() -> str:
     lines = ["usage: distill <command> [args...]", "", "commands:"]
@@ -43,16 +50,18 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
+def _resolve(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
     """The longest command prefix of argv and the arguments after it."""
     for length in (2, 1):
         words = tuple(argv[:length])
         if words in COMMANDS:
-            return COMMANDS[words][0], argv[length:]
+            return words, argv[length:]
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, process_entry: bool | None = None) -> int:
+    """Runs `distill <argv>`; process_entry (default: argv is None, the console command) allows the restart."""
+    process_entry = argv is None if process_entry is None else process_entry
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -61,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     if resolved is None:
         print(f"error: unknown command {' '.join(argv[:2])!r}; run `distill --help` for the list", file=sys.stderr)
         return 2
-    target, rest = resolved
+    words, rest = resolved
+    if process_entry and words in XLA_COMMANDS:
+        from distill.heap import restart_with_huge_pages
+
+        restart_with_huge_pages()
+    target = COMMANDS[words][0]
     module_name, function_name = target.split(":")
     return run_main(lambda: getattr(importlib.import_module(module_name), function_name)(rest))
 

@@ -101,4 +101,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from distill import cli
 
-    sys.exit(cli.main(["eval", *sys.argv[1:]]))
+    sys.exit(cli.main(["eval", *sys.argv[1:]], process_entry=True))

@@ -152,4 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from distill import cli  # One-line `error: ...` for a UserError, as under `distill`.
 
-    sys.exit(cli.main(["quickstart", *sys.argv[1:]]))
+    sys.exit(cli.main(["quickstart", *sys.argv[1:]], process_entry=True))

@@ -357,4 +357,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from distill import cli  # One-line `error: ...` for a UserError, as under `distill`.
 
-    sys.exit(cli.main(["sweep", *sys.argv[1:]]))
+    sys.exit(cli.main(["sweep", *sys.argv[1:]], process_entry=True))

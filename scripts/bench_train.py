@@ -290,8 +290,10 @@ def measure(config: Any, optimizer: Any, batches: Iterator[dict[str, np.ndarray]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     from distill.errors import UserError
-    from distill.heap import limit_malloc_arenas
+    from distill.heap import limit_malloc_arenas, restart_with_huge_pages
 
+    if argv is None:
+        restart_with_huge_pages()  # as `distill train` does (distill/heap.py); a no-op once restarted
     limit_malloc_arenas()  # as `distill train` does (distill/heap.py)
 
     initial_params = feed = None
