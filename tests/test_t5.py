@@ -155,6 +155,28 @@ def test_cached_decoding_matches_teacher_forcing(variant):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_bfloat16_products_decode_from_bfloat16_caches():
+    """matmul_dtype bfloat16: the caches hold the bf16 keys/values the products read, same logits as teacher forcing."""
+    config = tiny_config("t5_1_1").replace(matmul_dtype="bfloat16")
+    params = random_params(config, seed=2)
+    batch = padded_batch(seed=5)
+    model = T5(config)
+    full = forward(config)(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+    encoded = encode(config)(params, batch["encoder_input_tokens"])
+    cache = init_cache(config, params, encoded, batch["encoder_input_tokens"], max_decode_length=8)
+    kinds = {leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(cache) if "cached" in jax.tree_util.keystr(path)}
+    assert kinds == {jnp.dtype("bfloat16")}
+    step = jax.jit(lambda cache, tokens: model.apply(
+        {"params": params, "cache": cache}, encoded, batch["encoder_input_tokens"], tokens, decode=True,
+        mutable=["cache"], method=T5.decode))
+    steps = []
+    for position in range(8):
+        logits, variables = step(cache, batch["decoder_input_tokens"][:, position:position + 1])
+        cache = variables["cache"]
+        steps.append(logits)
+    assert np.abs(np.concatenate(steps, axis=1) - full).max() < 1e-2 * np.abs(full).max()
+
+
 def test_packed_segments_do_not_attend_across_examples():
     """Two examples packed in one row give the logits each gives alone."""
     config = tiny_config("t5")

@@ -426,6 +426,17 @@ class Attention(nn.Module):
         out = dense(context, out_kernel, operand_dtype=self.matmul_dtype)
         return constrain(out, "batch", "length", "embed")
 
+    def _cache_layout(self, x: jax.Array) -> jax.Array:
+        """[b, l, h, d] -> [b, h, l, d] in the dtype the attention products read.
+
+        With 16-bit products the caches hold 16-bit keys and values: the
+        products would round them to 16 bits anyway, and a float32 cache was
+        cast whole on every decode step (and reordered at twice the bytes in
+        beam search).
+        """
+        operand_dtype = jnp.dtype(self.matmul_dtype or self.dtype)
+        return _heads_first(x.astype(operand_dtype) if jnp.finfo(operand_dtype).bits == 16 else x)
+
     def _update_self_cache(
         self, key: jax.Array, value: jax.Array, position: jax.Array | None, cache_length: int | None
     ) -> tuple[jax.Array, jax.Array]:
@@ -434,7 +445,7 @@ class Attention(nn.Module):
         The initializing call (position None) creates the zeroed cache and
         attends to its own keys only.
         """
-        key, value = _heads_first(key), _heads_first(value)
+        key, value = self._cache_layout(key), self._cache_layout(value)
         if position is None:
             shape = key.shape[:2] + (cache_length or key.shape[2], key.shape[3])
             self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
@@ -461,8 +472,8 @@ class Attention(nn.Module):
         """
         if self.has_variable("cache", "cached_key"):
             return self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
-        key = _heads_first(self._project(key_kernel, encoded))
-        value = _heads_first(self._project(value_kernel, encoded))
+        key = self._cache_layout(self._project(key_kernel, encoded))
+        value = self._cache_layout(self._project(value_kernel, encoded))
         self.put_variable("cache", "cached_key", key)
         self.put_variable("cache", "cached_value", value)
         return key, value

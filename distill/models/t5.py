@@ -23,8 +23,8 @@ Parameter tree (`unbox(init_params(...))["params"]`):
 Decoding with a KV cache (`decode=True`): `init_cache` builds the "cache"
 collection (decoder/cache_index scalar, per layer self_attention and
 encoder_decoder_attention cached_key/cached_value [batch, heads, length,
-d_kv], the latter projected from the encoder outputs once); each
-`T5.decode(..., decode=True)` call consumes one token [b, 1].
+d_kv], bfloat16 when the products are, the latter projected from the encoder
+outputs once); each `T5.decode(..., decode=True)` call consumes one token [b, 1].
 """
 from __future__ import annotations
 
