@@ -125,56 +125,44 @@ def test_relative_position_buckets_match_pytorch(bidirectional, num_buckets, max
     assert got.max() == num_buckets - 1  # Distances past max_distance share the last bucket.
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_cached_decoding_matches_teacher_forcing(variant):
-    config = tiny_config(variant)
+def _decode_token_by_token(config: T5Config):
+    """(teacher-forced logits, init_cache's cache, the logits decoded from it one token at a time, the last cache)."""
     params = random_params(config, seed=2)
     batch = padded_batch(seed=5)
     model = T5(config)
     full = forward(config)(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
     encoded = encode(config)(params, batch["encoder_input_tokens"])
-    cache = init_cache(config, params, encoded, batch["encoder_input_tokens"], max_decode_length=8)
+    first = init_cache(config, params, encoded, batch["encoder_input_tokens"], max_decode_length=8)
+    step = jax.jit(lambda cache, tokens: model.apply(
+        {"params": params, "cache": cache}, encoded, batch["encoder_input_tokens"], tokens, decode=True,
+        mutable=["cache"], method=T5.decode))
+    cache, steps = first, []
+    for position in range(8):
+        logits, variables = step(cache, batch["decoder_input_tokens"][:, position:position + 1])
+        cache = variables["cache"]
+        steps.append(logits)
+    return full, first, np.concatenate(steps, axis=1), cache
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_cached_decoding_matches_teacher_forcing(variant):
+    full, cache, decoded, last = _decode_token_by_token(tiny_config(variant))
     assert int(cache["decoder"]["cache_index"]) == 0
     layer = cache["decoder"]["layers_0"]
     assert layer["self_attention"]["cached_key"].shape == (3, 4, 8, 8)  # [b, heads, len, d_kv]
     assert not np.any(layer["self_attention"]["cached_key"])
     assert layer["encoder_decoder_attention"]["cached_value"].shape == (3, 4, 9, 8)  # projected once, up front
     assert np.any(layer["encoder_decoder_attention"]["cached_value"])
-
-    @jax.jit
-    def step(cache, tokens):
-        logits, variables = model.apply({"params": params, "cache": cache}, encoded, batch["encoder_input_tokens"],
-                                        tokens, decode=True, mutable=["cache"], method=T5.decode)
-        return logits, variables["cache"]
-
-    steps = []
-    for position in range(8):
-        logits, cache = step(cache, batch["decoder_input_tokens"][:, position:position + 1])
-        steps.append(logits)
-    assert int(cache["decoder"]["cache_index"]) == 8
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
+    assert int(last["decoder"]["cache_index"]) == 8
+    np.testing.assert_allclose(decoded, full, atol=1e-5, rtol=1e-5)
 
 
 def test_bfloat16_products_decode_from_bfloat16_caches():
     """matmul_dtype bfloat16: the caches hold the bf16 keys/values the products read, same logits as teacher forcing."""
-    config = tiny_config("t5_1_1").replace(matmul_dtype="bfloat16")
-    params = random_params(config, seed=2)
-    batch = padded_batch(seed=5)
-    model = T5(config)
-    full = forward(config)(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
-    encoded = encode(config)(params, batch["encoder_input_tokens"])
-    cache = init_cache(config, params, encoded, batch["encoder_input_tokens"], max_decode_length=8)
-    kinds = {leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(cache) if "cached" in jax.tree_util.keystr(path)}
-    assert kinds == {jnp.dtype("bfloat16")}
-    step = jax.jit(lambda cache, tokens: model.apply(
-        {"params": params, "cache": cache}, encoded, batch["encoder_input_tokens"], tokens, decode=True,
-        mutable=["cache"], method=T5.decode))
-    steps = []
-    for position in range(8):
-        logits, variables = step(cache, batch["decoder_input_tokens"][:, position:position + 1])
-        cache = variables["cache"]
-        steps.append(logits)
-    assert np.abs(np.concatenate(steps, axis=1) - full).max() < 1e-2 * np.abs(full).max()
+    full, cache, decoded, _ = _decode_token_by_token(tiny_config("t5_1_1").replace(matmul_dtype="bfloat16"))
+    paths = jax.tree_util.tree_leaves_with_path(cache)
+    assert {leaf.dtype for path, leaf in paths if "cached" in jax.tree_util.keystr(path)} == {jnp.dtype("bfloat16")}
+    assert np.abs(decoded - full).max() < 1e-2 * np.abs(full).max()
 
 
 def test_packed_segments_do_not_attend_across_examples():
