@@ -103,5 +103,5 @@ def restart_with_huge_pages() -> None:
     sys.stderr.flush()
     try:
         os.execve(sys.executable, sys.orig_argv, environ)
-    except OSError:  # the interpreter cannot be executed again: run on, with 4 KB pages
+    except (OSError, ValueError):  # no interpreter to run again (or no argv, embedded): run on, with 4 KB pages
         return

@@ -91,7 +91,10 @@ def _low_precision_dense_bwd(transposed, dtypes, residuals, grad):
     low_kernel, grad = kernel.astype(operand_dtype), grad.astype(operand_dtype)
     d_rows = jnp.einsum("no,oi->ni" if transposed else "no,io->ni", grad, low_kernel,
                         preferred_element_type=jnp.float32)
-    d_kernel = contract_leading("no,ni->oi", grad, low_rows) if transposed else contract_leading("ni,no->io", low_rows, grad)
+    if transposed:
+        d_kernel = contract_leading("no,ni->oi", grad, low_rows)
+    else:
+        d_kernel = contract_leading("ni,no->io", low_rows, grad)
     return d_rows.astype(rows_dtype), d_kernel.astype(kernel.dtype)
 
 
