@@ -366,6 +366,11 @@ class Attention(nn.Module):
     param_dtype: jnp.dtype
     matmul_dtype: jnp.dtype | None = None  # operand dtype of the projections (None: dtype)
 
+    @property
+    def _operand_dtype(self) -> jnp.dtype:
+        """The dtype every product multiplies in: matmul_dtype, else the compute dtype."""
+        return jnp.dtype(self.matmul_dtype or self.dtype)
+
     def _kernel(self, name: str, shape: tuple[int, int], axes: tuple[str, str], init) -> jax.Array:
         return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
 
@@ -414,7 +419,7 @@ class Attention(nn.Module):
         # [b, k, h, d] keys/values were transposed whole on every step (a third of a tiny T5's step).
         kv = "bhkd" if decode else "bkhd"
 
-        logits = attention_product(f"bqhd,{kv}->bhqk", query, key, self.matmul_dtype or self.dtype)
+        logits = attention_product(f"bqhd,{kv}->bhqk", query, key, self._operand_dtype)
         if bias is not None:
             logits = add_position_bias(logits, bias)
         if mask is not None:
@@ -423,7 +428,7 @@ class Attention(nn.Module):
         if not deterministic and self.dropout_rate > 0:
             weights = Dropout(self.dropout_rate)(weights, deterministic=False)
         context = attention_product(f"bhqk,{kv}->bqhd", weights.astype(self.dtype), value,
-                                    self.matmul_dtype or self.dtype).astype(self.dtype)
+                                    self._operand_dtype).astype(self.dtype)
         context = constrain(context, "batch", "length", "heads", "kv")
         context = context.reshape(context.shape[:2] + (inner,))
         out = dense(context, out_kernel, operand_dtype=self.matmul_dtype)
@@ -437,8 +442,8 @@ class Attention(nn.Module):
         cast whole on every decode step (and reordered at twice the bytes in
         beam search).
         """
-        operand_dtype = jnp.dtype(self.matmul_dtype or self.dtype)
-        return _heads_first(x.astype(operand_dtype) if jnp.finfo(operand_dtype).bits == 16 else x)
+        low = jnp.finfo(self._operand_dtype).bits == 16
+        return _heads_first(x.astype(self._operand_dtype) if low else x)
 
     def _update_self_cache(
         self, key: jax.Array, value: jax.Array, position: jax.Array | None, cache_length: int | None
