@@ -283,9 +283,10 @@ def test_dense_multiplies_in_the_operand_dtype_whatever_the_activations():
 
 @pytest.mark.parametrize("spec, x_shape, y_shape", [
     ("ni,no->io", (37, 24), (37, 40)),  # a weight gradient x^T dy
+    ("ni,no->io", (37, 40), (37, 24)),  # x wider than dy: the operands swap places
     ("no,ni->oi", (48, 40), (48, 24)),  # a transposed kernel's; 48 rows: a full block of padding
     ("bqhd,bhqk->bkhd", (2, 9, 3, 8), (2, 3, 9, 11)),  # attention's dK
-    ("bhqk,bqhd->bkhd", (2, 3, 9, 11), (2, 9, 3, 8)),  # attention's dV
+    ("bhqk,bqhd->bkhd", (2, 3, 9, 11), (2, 9, 3, 8)),  # attention's dV (swapped: k is wider than d)
 ])
 def test_contract_leading_is_the_einsum_of_16_bit_operands(spec, x_shape, y_shape):
     x = jax.random.normal(jax.random.PRNGKey(0), x_shape).astype(jnp.bfloat16)
