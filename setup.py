@@ -38,6 +38,7 @@ setuptools.setup(
         "sentencepiece>=0.2",
         "safetensors>=0.4",
         "tensorboardX>=2.6",
+        "filelock>=3.12",  # the compilation cache's size bound (distill/compilation_cache.py)
         "httpx>=0.27",
         "sniffio>=1.3",  # httpcore retries a missing sniffio import on every request
         "matplotlib>=3.8",

@@ -32,6 +32,7 @@ import numpy as np
 from flax import linen as nn
 
 from distill import decoding
+from distill.compilation_cache import enable_user_compilation_cache
 from distill.xla_flags import single_threaded_eigen
 from distill.errors import UserError
 from distill.jsonl import read_jsonl, write_jsonl
@@ -341,6 +342,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     single_threaded_eigen()  # before jax makes its CPU backend (distill/xla_flags.py)
+    enable_user_compilation_cache()  # the decoder compiled by an earlier run is read back (distill/compilation_cache.py)
     records = read_inputs(args.input_file) if args.input_file else [{"input": args.input}]
     if args.output_file:  # Fail before loading the model, not after decoding.
         if not Path(args.output_file).parent.is_dir():

@@ -26,6 +26,7 @@ import time
 
 from distill import sweep
 from distill.atomic import write_atomically
+from distill.compilation_cache import enable_compilation_cache
 from distill.data import download
 from distill.errors import UserError
 from distill.heap import limit_malloc_arenas
@@ -117,7 +118,7 @@ def run_quickstart(*, data_dir: str | None, out_dir: str, steps: int,
         "train.eval_splits = ('validation', 'test')",
     ))
     points = [sweep.GridPoint("svamp", method, "tiny", 1.0, 0) for method in METHODS]
-    sweep.enable_compilation_cache(os.path.join(out_dir, ".jax_cache"))
+    enable_compilation_cache(os.path.join(out_dir, ".jax_cache"))
     start = time.time()
     outcome = sweep.run_sweep(points, out_dir, models={"tiny": spec}, steps=steps, data_dir=data_dir, run_fn=run_fn)
     if outcome.failed:

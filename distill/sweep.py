@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 from distill import run_dir
 from distill.atomic import AtomicFile, write_atomically
+from distill.compilation_cache import enable_compilation_cache
 from distill.errors import UserError
 from distill.heap import limit_malloc_arenas
 from distill.report import RESULT_COLUMNS
@@ -303,14 +304,6 @@ def run_sweep(points: Sequence[GridPoint], sweep_dir: str, *, models: dict[str, 
             outcome.rows.append(result_row(point, model_dir, record))
     write_results(outcome.rows, outcome.results_csv)
     return outcome
-
-
-def enable_compilation_cache(cache_dir: str) -> None:
-    """Persist XLA executables across runs (and across resumed sweeps): same shapes compile once."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _parse_checkpoints(items: Sequence[str]) -> dict[str, str]:

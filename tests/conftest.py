@@ -10,6 +10,10 @@ import pathlib
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# `distill predict` and `distill serve` keep compiled programs in a per-user cache folder
+# (distill/compilation_cache.py); tests leave the user's folder alone, and the tests of the
+# cache point it at a temporary folder.
+os.environ["DISTILL_COMPILATION_CACHE"] = "off"
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -59,9 +59,10 @@ def run_micro_sweep(sweep_dir: str, data_dir: str) -> None:
     import os
 
     from distill import sweep
+    from distill.compilation_cache import enable_compilation_cache
     from distill.vocab import train_vocabulary_for_dataset
 
-    sweep.enable_compilation_cache(os.path.join(sweep_dir, ".jax_cache"))
+    enable_compilation_cache(os.path.join(sweep_dir, ".jax_cache"))
     vocab = train_vocabulary_for_dataset("svamp", data_dir, size=512, out_path=os.path.join(sweep_dir, "spm.model"))
     micro = sweep.ModelSpec("micro", tiny=True, bindings=(*MICRO_BINDINGS, f"VOCABULARY_PATH = {vocab!r}"))
     grid = sweep.make_grid(["svamp"], ["standard_gt", "step_by_step_gt"], ["micro"], [0.125, 0.25], [0, 1])

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 
+from distill.compilation_cache import enable_user_compilation_cache
 from distill.errors import UserError
 from distill.predict import MATMUL_DTYPE_HELP, TASK_PREFIXES, with_matmul_dtype
 from distill.xla_flags import single_threaded_eigen
@@ -97,6 +98,7 @@ def _exit_quietly_after_a_graceful_stop() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     single_threaded_eigen()  # before jax makes its CPU backend (distill/xla_flags.py)
+    enable_user_compilation_cache()  # the decoder compiled by an earlier run is read back (distill/compilation_cache.py)
     api_key = _api_key(args.api_key_env)
     sock = _listen(args.host, args.port)
     port = sock.getsockname()[1]
