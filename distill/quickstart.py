@@ -31,7 +31,7 @@ from distill.data import download
 from distill.errors import UserError
 from distill.heap import limit_malloc_arenas
 
-DEFAULT_STEPS = 200  # 1.4 s/step on 2 idle cores (128/128 rows, batch 8): 12 min in all (README).
+DEFAULT_STEPS = 200  # about 3 minutes in all on 2 idle cores with avx512_bf16 (README.md, Quickstart).
 METHODS = ("standard_gt", "step_by_step_gt")
 VOCABULARY_SIZE = 4000  # experiments/tiny.gin's VOCABULARY_SIZE (T5Config.vocab_size 4096 holds it).
 HONESTY_NOTE = (
@@ -67,6 +67,26 @@ def find_data_dir(data_dir: str | None) -> str:
     return cache
 
 
+def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (avx512_bf16 or AMX): there bfloat16 products
+    run at up to twice the float32 rate (README.md, "Throughput"); elsewhere XLA emulates them, slower."""
+    try:
+        with open(cpuinfo) as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_matmul_dtype(requested: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """--matmul-dtype: 'auto' is bfloat16 on accelerators and on CPUs with native bfloat16, else float32."""
+    if requested != "auto":
+        return requested
+    import jax
+
+    return "bfloat16" if jax.default_backend() != "cpu" or native_bfloat16(cpuinfo) else "float32"
+
+
 def results_table(rows: list[dict], results_csv: str) -> str:
     """Markdown table of one row per method (METHODS order), then the paired difference.
 
@@ -95,7 +115,7 @@ def results_table(rows: list[dict], results_csv: str) -> str:
     return "\n".join(lines)
 
 
-def run_quickstart(*, data_dir: str | None, out_dir: str, steps: int,
+def run_quickstart(*, data_dir: str | None, out_dir: str, steps: int, matmul_dtype: str = "float32",
                    run_fn: sweep.RunFn = sweep.train_with_gin) -> str:
     """Runs both methods and writes OUT/results.md; returns the table's Markdown."""
     from distill import vocab
@@ -116,6 +136,8 @@ def run_quickstart(*, data_dir: str | None, out_dir: str, steps: int,
         f"EVAL_PERIOD = {max(steps // 2, 1)}",
         f"CHECKPOINT_PERIOD = {steps}",
         "train.eval_splits = ('validation', 'test')",
+        # Operand dtype of the products (float32 params, activations, norms, softmax and loss).
+        f"T5Config.matmul_dtype = {matmul_dtype!r}",
     ))
     points = [sweep.GridPoint("svamp", method, "tiny", 1.0, 0) for method in METHODS]
     enable_compilation_cache(os.path.join(out_dir, ".jax_cache"))
@@ -124,7 +146,8 @@ def run_quickstart(*, data_dir: str | None, out_dir: str, steps: int,
     if outcome.failed:
         raise UserError(f"quickstart run(s) {', '.join(outcome.failed)} failed; see {out_dir}/runs/<run>/error.txt")
     table = results_table(outcome.rows, outcome.results_csv)
-    text = (f"# distill quickstart: SVAMP, T5 v1.1 tiny from scratch, {steps} steps\n\n{table}\n\n"
+    text = (f"# distill quickstart: SVAMP, T5 v1.1 tiny from scratch, {steps} steps, {matmul_dtype} products"
+            f"\n\n{table}\n\n"
             f"Test split: 200 examples; accuracy = equation value match, at the step with the best validation "
             f"accuracy (validation: 10% of train, never test). Total wall time "
             f"{time.time() - start:.0f} s.\n\n{HONESTY_NOTE}\n")
@@ -138,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding svamp/ (default: $DISTILL_DATA_DIR, else download to the user cache)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder (runs/, vocab/, results.md)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per method")
+    parser.add_argument("--matmul-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="operand dtype of the products (float32 sums, params and loss either way); auto: "
+                             "bfloat16 on accelerators and on CPUs with avx512_bf16 or AMX, else float32")
     args = parser.parse_args(argv)
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: must be at least 1")
     logging.getLogger("absl").setLevel(logging.WARNING)
     limit_malloc_arenas()  # it trains in this process, as `distill train` does (distill/heap.py)
-    text = run_quickstart(data_dir=args.data_dir, out_dir=args.out, steps=args.steps)
+    text = run_quickstart(data_dir=args.data_dir, out_dir=args.out, steps=args.steps,
+                          matmul_dtype=choose_matmul_dtype(args.matmul_dtype))
     print()
     print(text)
     print(f"written to {os.path.join(os.path.abspath(args.out), 'results.md')}")

@@ -50,13 +50,29 @@ def test_runs_both_methods_with_one_shared_vocabulary_and_writes_the_table(tmp_p
                        "train_seconds": 61.2, "tokens_per_second": 12345.6}, handle)
 
     text = quickstart.run_quickstart(data_dir=str(shared_data_dir), out_dir=str(tmp_path), steps=5,
-                                     run_fn=fake_train)
+                                     matmul_dtype="bfloat16", run_fn=fake_train)
     assert [c[0] for c in calls] == [["experiments/svamp/standard_gt_tiny.gin"],
                                      ["experiments/svamp/step_by_step_gt_tiny.gin"]]
     vocab = str(tmp_path / "vocab" / "spiece.model")
     assert all(eval(values["VOCABULARY_PATH"]) == vocab for _, values in calls) and os.path.getsize(vocab) > 0
     assert all(values["TRAIN_STEPS"] == "5" and values["TRAIN_FRACTION"] == "1.0" for _, values in calls)
+    assert all(values["T5Config.matmul_dtype"] == "'bfloat16'" for _, values in calls)
+    assert text.startswith("# distill quickstart: SVAMP, T5 v1.1 tiny from scratch, 5 steps, bfloat16 products")
     assert "| Standard fine-tuning | 0.120 | 61 | 12,346 |" in text
     assert "| Step-by-step (gold labels) | 0.105 | 61 | 12,346 |" in text
     assert "not guaranteed" in text
     assert (tmp_path / "results.md").read_text() == text
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
+    ("fpu sse2 avx2 avx512f amx_bf16 amx_tile", True),  # Intel Sapphire Rapids
+    ("fpu sse2 avx2 fma", False),  # AVX2 only: bfloat16 products are emulated
+])
+def test_auto_matmul_dtype_is_bfloat16_only_where_the_cpu_multiplies_it(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert quickstart.native_bfloat16(str(cpuinfo)) is native
+    assert quickstart.choose_matmul_dtype("auto", str(cpuinfo)) == ("bfloat16" if native else "float32")
+    assert quickstart.choose_matmul_dtype("float32", str(cpuinfo)) == "float32"
+    assert quickstart.native_bfloat16(str(tmp_path / "missing")) is False
