@@ -7,14 +7,19 @@ and eval steps in each of their runs. With the cache a repeated run loads
 the executables instead. The decoding commands keep theirs in a per-user
 folder, `$DISTILL_COMPILATION_CACHE`, else `$XDG_CACHE_HOME/distill/xla`,
 else `~/.cache/distill/xla` (DISTILL_COMPILATION_CACHE=off turns it off);
-sweeps keep theirs in the sweep folder. Entries are keyed by the program,
-the jax/XLA versions and the machine's CPU features, so a stale or foreign
-entry is never used, and the folder is held under MAX_BYTES by evicting the
-least recently used entries.
+sweeps keep theirs in the sweep folder. jax keys an entry by the program,
+the compile options, XLA flags and jax/XLA versions, but not by the CPU's
+instruction set: an executable built for AVX-512 would crash a machine
+without it that shares the folder (a network home). So every cache lives in
+a subfolder named for this machine's architecture and CPU flags. Each
+subfolder is held under MAX_BYTES by evicting the least recently used
+entries.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 from collections.abc import Mapping
 
 ENV = "DISTILL_COMPILATION_CACHE"
@@ -23,12 +28,23 @@ OFF = ("", "0", "off", "false", "no")
 
 
 def enable_compilation_cache(cache_dir: str) -> None:
-    """Persist this process's XLA executables under `cache_dir`: call before the first compilation."""
+    """Persist this process's XLA executables under `cache_dir`/`host_key()`: call before the first compilation."""
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir, host_key()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+
+
+def host_key(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This machine's architecture and a digest of its CPU's feature flags, e.g. 'x86_64-3f9c0a1b2c4d'."""
+    try:
+        with open(cpuinfo) as handle:
+            flags = next((line.split(":", 1)[1] for line in handle if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = platform.processor()
+    digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
+    return f"{platform.machine() or 'unknown'}-{digest}"
 
 
 def user_cache_dir(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from test_predict_cli import NEW_TOKENS, hf_dir  # noqa: E402,F401  (the module's HF checkpoint fixture)
 
-from distill.compilation_cache import ENV, user_cache_dir  # noqa: E402
+from distill.compilation_cache import ENV, host_key, user_cache_dir  # noqa: E402
 
 
 def test_the_cache_folder_follows_the_environment(tmp_path):
@@ -25,6 +25,16 @@ def test_the_cache_folder_follows_the_environment(tmp_path):
         assert user_cache_dir({ENV: off, "XDG_CACHE_HOME": str(tmp_path)}) is None
     assert user_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "distill" / "xla")
     assert user_cache_dir({}) == os.path.join(os.path.expanduser("~"), ".cache", "distill", "xla")
+
+
+def test_machines_with_other_cpu_flags_use_other_subfolders(tmp_path):
+    """jax's cache key leaves out the instruction set: a shared folder must not hand AVX-512 code to an AVX2 CPU."""
+    avx512, avx2 = tmp_path / "a", tmp_path / "b"
+    avx512.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert host_key(str(avx512)) != host_key(str(avx2))
+    assert host_key(str(avx512)) == host_key(str(avx512))
+    assert host_key(str(tmp_path / "missing"))  # no /proc/cpuinfo (macOS): still a name
 
 
 def _predict(directory, cache) -> str:
@@ -40,14 +50,19 @@ def _stamps(cache) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in cache.iterdir() if p.name.endswith("-atime")}
 
 
+def _entries(cache) -> set[str]:
+    return {p.name for p in cache.iterdir()}
+
+
 def test_a_second_predict_reads_the_decoder_the_first_compiled(hf_dir, tmp_path):  # noqa: F811
     directory, _, _ = hf_dir
-    cache = tmp_path / "xla"
-    first = _predict(directory, cache)
-    written = {p.name for p in cache.iterdir()}
+    first = _predict(directory, tmp_path / "xla")
+    assert [p.name for p in (tmp_path / "xla").iterdir()] == [host_key()]
+    cache = tmp_path / "xla" / host_key()
+    written = _entries(cache)
     stamps = _stamps(cache)
     assert any(name.endswith("-cache") for name in written) and stamps, written
-    second = _predict(directory, cache)
+    second = _predict(directory, tmp_path / "xla")
     assert second == first and first.strip()
-    assert {p.name for p in cache.iterdir()} == written, "nothing compiled anew"
+    assert _entries(cache) == written, "nothing compiled anew"
     assert _stamps(cache) != stamps, "the entries were read"
