@@ -22,6 +22,8 @@ import os
 import platform
 from collections.abc import Mapping
 
+from distill.cpu import CPUINFO, cpu_flags
+
 ENV = "DISTILL_COMPILATION_CACHE"
 MAX_BYTES = 2 * 2**30
 OFF = ("", "0", "off", "false", "no")
@@ -36,14 +38,12 @@ def enable_compilation_cache(cache_dir: str) -> None:
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
 
 
-def host_key(cpuinfo: str = "/proc/cpuinfo") -> str:
+def host_key(cpuinfo: str = CPUINFO) -> str:
     """This machine's architecture and a digest of its CPU's feature flags, e.g. 'x86_64-3f9c0a1b2c4d'."""
-    try:
-        with open(cpuinfo) as handle:
-            flags = next((line.split(":", 1)[1] for line in handle if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = platform.processor()
-    digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
+    flags = cpu_flags(cpuinfo)
+    if flags is None:  # no /proc/cpuinfo (macOS)
+        flags = platform.processor().split()
+    digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12]
     return f"{platform.machine() or 'unknown'}-{digest}"
 
 

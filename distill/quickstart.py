@@ -27,6 +27,7 @@ import time
 from distill import sweep
 from distill.atomic import write_atomically
 from distill.compilation_cache import enable_compilation_cache
+from distill.cpu import CPUINFO, native_bfloat16
 from distill.data import download
 from distill.errors import UserError
 from distill.heap import limit_malloc_arenas
@@ -67,18 +68,7 @@ def find_data_dir(data_dir: str | None) -> str:
     return cache
 
 
-def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (avx512_bf16 or AMX): there bfloat16 products
-    run at up to twice the float32 rate (README.md, "Throughput"); elsewhere XLA emulates them, slower."""
-    try:
-        with open(cpuinfo) as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_matmul_dtype(requested: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+def choose_matmul_dtype(requested: str, cpuinfo: str = CPUINFO) -> str:
     """--matmul-dtype: 'auto' is bfloat16 on accelerators and on CPUs with native bfloat16, else float32."""
     if requested != "auto":
         return requested

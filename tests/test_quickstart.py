@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from distill import cli, quickstart
+from distill import cli, cpu, quickstart
 from distill.data import download
 from distill.errors import UserError
 
@@ -72,7 +72,7 @@ def test_runs_both_methods_with_one_shared_vocabulary_and_writes_the_table(tmp_p
 def test_auto_matmul_dtype_is_bfloat16_only_where_the_cpu_multiplies_it(tmp_path, flags, native):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    assert quickstart.native_bfloat16(str(cpuinfo)) is native
+    assert cpu.native_bfloat16(str(cpuinfo)) is native
     assert quickstart.choose_matmul_dtype("auto", str(cpuinfo)) == ("bfloat16" if native else "float32")
     assert quickstart.choose_matmul_dtype("float32", str(cpuinfo)) == "float32"
-    assert quickstart.native_bfloat16(str(tmp_path / "missing")) is False
+    assert cpu.native_bfloat16(str(tmp_path / "missing")) is False
