@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from distill.argmax import argmax_last_axis
+from distill.losses import log_softmax
 
 PyTree = Any
 
@@ -288,7 +289,7 @@ def beam_search(
         last = carry["running_tokens"].reshape(b * k, 1)
         logits, model_state = tokens_to_logits(last, carry["model_state"])
         vocab = logits.shape[-1]
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, vocab)
+        log_probs = log_softmax(logits.astype(jnp.float32)).reshape(b, k, vocab)
         totals = (log_probs + carry["running_scores"][:, :, None]).reshape(b, k * vocab)
 
         # The 2k best continuations over all beams: enough for k to keep running

@@ -68,6 +68,19 @@ def token_cross_entropy(
     return ce, z, correct
 
 
+def log_softmax(logits: jax.Array) -> jax.Array:
+    """log softmax over the last axis, as `logits - (max + log sum exp(logits - max))`.
+
+    jax.nn.log_softmax subtracts the max first and reuses the shifted logits twice; after
+    a vocabulary product XLA:CPU then fuses the product, the max and the subtraction into
+    one YNNPACK fusion that runs at a third of the product's own rate (beam search's
+    [128, 512] x [512, 32128] step: 60 ms against 24 ms this way). The result differs
+    from jax.nn.log_softmax by rounding only: about one ulp of the row's largest logit.
+    """
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    return logits - (peak + jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1, keepdims=True)))
+
+
 def task_weights(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """(label weights, rationale weights), each [batch, length] float32."""
     weights = jnp.asarray(batch["decoder_loss_weights"]).astype(jnp.float32)

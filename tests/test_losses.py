@@ -117,3 +117,17 @@ def test_accuracy_counts_label_tokens_only():
     logits[label] = np.roll(logits[label], 1, axis=-1)
     _, metrics = losses.step_by_step_loss(logits, batch)
     assert float(metrics["accuracy"]) == 0.0
+
+
+def test_log_softmax_matches_float64_formula():
+    """The decoders' log softmax against float64 numpy: rows offset far from zero stay stable."""
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(0.0, 4.0, (5, 3, 1000)) + rng.normal(0.0, 40.0, (5, 3, 1))).astype(np.float32)
+    logits[0, 0, :10] = -np.inf  # masked entries stay -inf, the rest stay finite
+    wide = logits.astype(np.float64)
+    peak = wide.max(-1, keepdims=True)
+    expected = wide - (peak + np.log(np.exp(wide - peak).sum(-1, keepdims=True)))
+    got = np.asarray(jax.jit(losses.log_softmax)(jnp.asarray(logits)))
+    assert np.isneginf(got[0, 0, :10]).all() and np.isfinite(got[0, 0, 10:]).all()
+    np.testing.assert_allclose(got, expected, atol=3e-5, rtol=0)
+    np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, rtol=1e-5)

@@ -82,7 +82,7 @@ class StudentModel:
         row's score is the sum over all its segments.
         """
         logits = self.logits(params, batch).astype(jnp.float32)
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        log_probs = losses.log_softmax(logits)
         targets = batch["decoder_target_tokens"]
         token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
         return (token_scores * batch["decoder_loss_weights"]).sum(axis=-1)
