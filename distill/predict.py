@@ -152,6 +152,31 @@ def _plain_params(params: Any) -> Any:
     return params["params"] if "params" in params else params
 
 
+# The T5 params that only ever enter products (attention and MLP projections, untied logits).
+_PRODUCT_WEIGHTS = frozenset({"query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo", "logits_dense"})
+
+
+def decoding_params(config: T5Config, params: Any) -> Any:
+    """`params` for decoding many batches: product weights stored in the products' operand dtype.
+
+    With 16-bit products (`T5Config.matmul_dtype`) each decode would otherwise cast every
+    weight matrix from float32 again: on T5 v1.1 small about 50 ms a batch of 32, the
+    vocabulary matrix alone 35 ms (XLA:CPU converts to bfloat16 at about 3 GB/s). The cast
+    is the same rounding either way, so predictions do not change; norms, the relative
+    position tables and the token embedding (looked up, not multiplied) stay as they are.
+    Float32 products get `params` back unchanged.
+    """
+    params = _plain_params(params)
+    operand = config.matmul_operand_dtype
+    if jnp.finfo(operand).bits != 16:
+        return params
+
+    def cast(path, leaf):
+        return leaf.astype(operand) if getattr(path[-1], "key", None) in _PRODUCT_WEIGHTS else leaf
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def predict_batch(
     config: T5Config,
     params: Any,
@@ -255,7 +280,7 @@ def decode_ids(
     encoded = [_with_eos(list(ids), eos, max_input_length) for ids in inputs]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     predictions: list[str] = [""] * len(encoded)
-    params = _plain_params(params)
+    params = decoding_params(config, params)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         rows = _bucket(len(chunk), batch_size, 1)

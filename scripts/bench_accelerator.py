@@ -62,9 +62,10 @@ def _decode_rows_per_second(config, batch: int) -> float:
     import numpy as np
 
     from distill.models.t5 import init_params
-    from distill.predict import predict_batch
+    from distill.predict import decoding_params, predict_batch
 
     params = nn.unbox(init_params(config, jax.random.PRNGKey(0), encoder_length=8, decoder_length=8))["params"]
+    params = decoding_params(config, params)
     tokens = np.random.default_rng(0).integers(2, config.vocab_size, (batch, DECODE_INPUT)).astype(np.int32)
     tokens[:, -1] = 1  # EOS
     decode = lambda: jax.block_until_ready(  # noqa: E731

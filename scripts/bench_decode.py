@@ -88,11 +88,11 @@ def _jax_decoder(args):
     import numpy as np
 
     from distill.models.hf_checkpoints import load_hf_checkpoint
-    from distill.predict import predict_batch
+    from distill.predict import decoding_params, predict_batch
 
     config, params = load_hf_checkpoint(args.checkpoint)
     config = config.replace(matmul_dtype=args.matmul_dtype)
-    params = jax.device_put(params)
+    params = jax.device_put(decoding_params(config, params))
     tokens = jax.device_put(_inputs(args))
 
     def decode(method: str) -> np.ndarray:

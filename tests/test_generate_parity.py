@@ -7,6 +7,8 @@ steps, and differently under greedy and each length penalty) and others run to
 the length limit: both the EOS bookkeeping and beam search's finishing rule are
 compared, token for token.
 """
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -82,3 +84,26 @@ def test_beam_search_matches_hf_top_beam(models, inputs, length_penalty):
     assert ours == expected
     greedy, _ = _ours(config, params, inputs, method="greedy")
     assert ours != greedy, "beam search should find something greedy does not on this model"
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_decoding_params_store_product_weights_in_bfloat16_and_decode_the_same(models, inputs, method):
+    """decoding_params casts once what a bf16 decode would cast each call: the same tokens."""
+    from distill.predict import decoding_params
+
+    _, config, params = models
+    same = jax.tree.map(lambda a, b: a is b, decoding_params(config, params), params)
+    assert all(jax.tree.leaves(same))  # float32 products: nothing to cast
+    config = config.replace(matmul_dtype="bfloat16")
+    stored = decoding_params(config, params)
+    dtypes = {jax.tree_util.keystr(path): leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(stored)}
+    assert dtypes["['decoder']['logits_dense']"] == jnp.bfloat16
+    assert dtypes["['encoder']['layers_0']['mlp']['wi_0']"] == jnp.bfloat16
+    assert dtypes["['decoder']['layers_0']['encoder_decoder_attention']['key']"] == jnp.bfloat16
+    assert dtypes["['token_embedder']['embedding']"] == jnp.float32  # looked up, not multiplied
+    assert dtypes["['encoder']['relpos_bias']['rel_embedding']"] == jnp.float32
+    assert dtypes["['decoder']['decoder_norm']['scale']"] == jnp.float32
+    kwargs = dict(method=method, num_beams=3) if method == "beam" else {}
+    _, cast_each_call = _ours(config, params, inputs, **kwargs)
+    _, cast_once = _ours(config, stored, inputs, **kwargs)
+    np.testing.assert_array_equal(cast_once, cast_each_call)

@@ -105,7 +105,7 @@ class Decoder:
     def __init__(self, config: T5Config, params, *, max_batch_size: int, max_input_tokens: int,
                  max_new_tokens: int) -> None:
         self.config = config
-        self.params = jax.device_put(params)  # once, not on every batch
+        self.params = jax.device_put(predict.decoding_params(config, params))  # once, not on every batch
         self.max_batch_size = max_batch_size
         self.max_new_tokens = max_new_tokens
         self.row_buckets = row_buckets(max_batch_size)
