@@ -6,7 +6,8 @@
 2. a SentencePiece vocabulary trained on the SVAMP train split, shared by both
    students so they differ only in the method;
 3. T5 v1.1 tiny from scratch (experiments/svamp/*_tiny.gin, rows of 128
-   input and 128 target tokens, which SVAMP fits), trained with
+   input and 128 target tokens, which SVAMP fits; 64 target tokens for
+   standard fine-tuning, whose targets are labels alone), trained with
    standard fine-tuning (gold labels) and with distilling step-by-step (gold
    labels + PaLM rationales) for the same number of steps;
 4. greedy decoding of the label task on the test split, equation accuracy;
@@ -128,6 +129,10 @@ def run_quickstart(*, data_dir: str | None, out_dir: str, steps: int, matmul_dty
         "train.eval_splits = ('validation', 'test')",
         # Operand dtype of the products (float32 params, activations, norms, softmax and loss).
         f"T5Config.matmul_dtype = {matmul_dtype!r}",
+    ), method_bindings=(
+        # Standard fine-tuning's targets are labels alone (at most 29 tokens): 64-token target
+        # rows hold a packed row's labels, and its decoder computes half the padding.
+        ("standard_gt", "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 64}"),
     ))
     points = [sweep.GridPoint("svamp", method, "tiny", 1.0, 0) for method in METHODS]
     enable_compilation_cache(os.path.join(out_dir, ".jax_cache"))

@@ -53,13 +53,15 @@ class ModelSpec:
 
     tiny=True uses `<method>_tiny.gin` (from scratch, CPU-sized); otherwise
     `<method>.gin` (the paper's setup), whose INITIAL_CHECKPOINT_PATH must be
-    bound (by `bindings` or --checkpoint SIZE=PATH).
+    bound (by `bindings` or --checkpoint SIZE=PATH). `method_bindings` holds
+    (method, binding) pairs bound after `bindings` for that method's runs only.
     """
 
     name: str
     tiny: bool = False
     gin_files: tuple[str, ...] = ()
     bindings: tuple[str, ...] = ()
+    method_bindings: tuple[tuple[str, str], ...] = ()
 
 
 def default_model_spec(name: str, checkpoint: str | None = None) -> ModelSpec:
@@ -111,7 +113,8 @@ def gin_config_for(point: GridPoint, spec: ModelSpec, model_dir: str, *, steps: 
         bindings.append(f"TRAIN_STEPS = {steps}")
     if data_dir is not None:
         bindings.append(f"DATA_DIR = {data_dir!r}")
-    return files, [*bindings, *spec.bindings, *extra_bindings]
+    own = [binding for method, binding in spec.method_bindings if method == point.method]
+    return files, [*bindings, *spec.bindings, *own, *extra_bindings]
 
 
 class RunFn(Protocol):

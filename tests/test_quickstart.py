@@ -57,6 +57,9 @@ def test_runs_both_methods_with_one_shared_vocabulary_and_writes_the_table(tmp_p
     assert all(eval(values["VOCABULARY_PATH"]) == vocab for _, values in calls) and os.path.getsize(vocab) > 0
     assert all(values["TRAIN_STEPS"] == "5" and values["TRAIN_FRACTION"] == "1.0" for _, values in calls)
     assert all(values["T5Config.matmul_dtype"] == "'bfloat16'" for _, values in calls)
+    # Standard fine-tuning's targets are labels alone: its target rows are half as long.
+    assert [values["TASK_FEATURE_LENGTHS"] for _, values in calls] == [
+        "{'inputs': 128, 'targets': 64}", "{'inputs': 128, 'targets': 128}"]
     assert text.startswith("# distill quickstart: SVAMP, T5 v1.1 tiny from scratch, 5 steps, bfloat16 products")
     assert "| Standard fine-tuning | 0.120 | 61 | 12,346 |" in text
     assert "| Step-by-step (gold labels) | 0.105 | 61 | 12,346 |" in text

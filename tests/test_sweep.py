@@ -125,6 +125,17 @@ def test_pretrained_sizes_use_the_paper_files_and_their_checkpoint():
     assert not any(b.startswith(("TRAIN_STEPS", "DATA_DIR")) for b in bindings)
 
 
+def test_method_bindings_reach_only_that_methods_runs_before_the_command_lines():
+    spec = sweep.ModelSpec("tiny", tiny=True, bindings=("BATCH_SIZE = 8",),
+                           method_bindings=(("standard_gt", "PACK = False"),))
+    standard, step_by_step = (sweep.GridPoint("svamp", method, "tiny", 1.0, 0)
+                              for method in ("standard_gt", "step_by_step_gt"))
+    _, bindings = sweep.gin_config_for(standard, spec, "/m", steps=None, data_dir=None, extra_bindings=("PACK = True",))
+    assert bindings[-3:] == ["BATCH_SIZE = 8", "PACK = False", "PACK = True"]  # later bindings win
+    _, bindings = sweep.gin_config_for(step_by_step, spec, "/m", steps=None, data_dir=None)
+    assert "PACK = False" not in bindings
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "distill"], "unknown method 'distill'"),
     (["--fractions", "0"], "outside \\(0, 1\\]"),
