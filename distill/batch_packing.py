@@ -31,6 +31,12 @@ TARGET_SLACK = 1.15  # target room over the row's expected share, so inputs, not
 TARGET_STEP = 16  # target capacity in steps of 16, not powers of two: the decoder costs more per token
 SMALLEST_BUCKET = 16
 
+# The training batch's features (distill/feature_converters.py): every batch has these, packed
+# rows also the per-token segment ids and positions.
+UNPACKED_FEATURES = ("encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens",
+                     "decoder_loss_weights", "decoder_task_ids")
+PACKING_FEATURES = ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids", "decoder_positions")
+
 
 def bucket_length(needed: int, limit: int, smallest: int = SMALLEST_BUCKET) -> int:
     """The smallest power of two >= needed (at least `smallest`), capped at `limit`."""
@@ -88,8 +94,7 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1) -> dic
     rows = assign_rows(input_lengths[used], target_lengths[used], capacity)
     count = -(-len(rows) // row_multiple) * row_multiple
     packed = {name: np.zeros((count, capacity[0 if name.startswith("encoder") else 1]), np.int32)
-              for name in (*batch.keys(), "encoder_segment_ids", "encoder_positions",
-                           "decoder_segment_ids", "decoder_positions")}
+              for name in (*batch.keys(), *PACKING_FEATURES)}
     for row, members in enumerate(rows):
         offsets = [0, 0]
         for segment, member in enumerate(members, start=1):

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.batch_packing import bucket_length, pack_batch, row_lengths
+from distill.batch_packing import PACKING_FEATURES, UNPACKED_FEATURES, bucket_length, pack_batch, row_lengths
 from distill.errors import UserError
 
 
@@ -42,6 +42,19 @@ class TrainDataSpec:
     trim_padding: bool = False  # unpacked rows only: cut each batch to a length bucket (see trim_padding)
     pack_batch: bool = False  # unpacked rows only: re-pack each batch's sequences (distill/batch_packing.py)
     row_multiple: int = 1  # pack_batch: row count a multiple of this (data-parallel size x microbatches)
+
+    def fixed_batch_shapes(self) -> dict[str, tuple[int, int]] | None:
+        """Every batch's feature shapes when they do not depend on its sequences, else None.
+
+        seqio's packed rows and untrimmed unpacked rows are [batch, feature length]; trimmed
+        and re-packed batches (trim_padding, pack_batch) take their widths from their sequences.
+        """
+        if not self.pack and (self.trim_padding or self.pack_batch):
+            return None
+        lengths = dict(self.task_feature_lengths)
+        names = UNPACKED_FEATURES + (PACKING_FEATURES if self.pack else ())
+        return {name: (self.batch_size, lengths["inputs" if name.startswith("encoder") else "targets"])
+                for name in names}
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

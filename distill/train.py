@@ -111,9 +111,10 @@ def train(
         out in fewer, longer packed rows (distill/batch_packing.py): the same
         examples per step as the reference, without its padding; one process.
       feed [TRAIN_FEED]: "process" = a child process writes the batches and
-        evaluation examples once and exits before the model is built, so this
-        process holds no TensorFlow (distill/train_feed.py); "inline" = the
-        seqio pipeline runs in this process.
+        evaluation examples once and exits before training starts (meanwhile this
+        process builds the state and, where every batch has one shape, compiles
+        the train step), so this process holds no TensorFlow
+        (distill/train_feed.py); "inline" = the seqio pipeline runs in this process.
       eval_baseline: with an initial checkpoint, evaluate it before step 1
         (metrics.json "baseline"; the pre-distillation accuracy to beat).
       early_stopping_patience: stop after this many evaluations without a
@@ -123,6 +124,7 @@ def train(
       config_text: the gin config, written to MODEL_DIR/config.gin.
     """
     import jax
+    import numpy as np
 
     from distill import checkpointing, flops, input_pipeline, train_feed
     from distill.atomic import write_atomically
@@ -214,25 +216,36 @@ def train(
                                  method=decode_method, num_beams=num_beams,
                                  num_rationale_examples=num_rationale_examples,
                                  rationale_max_decode_length=lengths["targets"], max_examples=eval_max_examples)
+    built: dict[str, Any] = {}
+
+    def build_state() -> None:
+        """The state (restored, imported or fresh) and, where every batch has one shape, the compiled step."""
+        built["position"] = 0
+        if latest is not None:
+            built["state"], extra = manager.restore(trainer.abstract_state, trainer.state_shardings)
+            input_pipeline.check_data_state(data_spec, extra)
+            built["position"] = int(extra.get("position", 0))
+            print(f"resuming {model_dir} from step {latest}", flush=True)
+        elif initial is not None:
+            built["state"] = trainer.init_from_params(_load_initial_params(initial, trainer))
+        else:
+            built["state"] = trainer.create_state()
+        shapes = data_spec.fixed_batch_shapes()
+        if shapes is not None and train_steps > int(jax.device_get(built["state"].step)):
+            trainer.precompile_train_step(built["state"], {name: np.zeros(shape, np.int32)
+                                                           for name, shape in shapes.items()})
+
     fed = None
-    if feed == "process":  # before any model state exists: the writer's memory is freed when training starts
+    if feed == "process":  # the state is built and the step compiled while the child writes (two cores busy)
         fed = train_feed.TrainFeed(_feed_root(model_dir), data_spec, train_feed.FeedSource(
             dataset=dataset, data_dir=os.path.abspath(data_dir), vocabulary_path=os.path.abspath(vocab_path),
             train_fraction=train_fraction, tfds_dir=tfds_dir))
         fed.prepare(0, min(train_steps, train_feed.AHEAD_BATCHES),
                     [train_feed.EvalRequest(*request) for request in
-                     example_requests(label_task, rationale_task, eval_settings)])
-
-    position = 0
-    if latest is not None:
-        state, extra = manager.restore(trainer.abstract_state, trainer.state_shardings)
-        input_pipeline.check_data_state(data_spec, extra)
-        position = int(extra.get("position", 0))
-        print(f"resuming {model_dir} from step {latest}", flush=True)
-    elif initial is not None:
-        state = trainer.init_from_params(_load_initial_params(initial, trainer))
-    else:
-        state = trainer.create_state()
+                     example_requests(label_task, rationale_task, eval_settings)], while_writing=build_state)
+    if not built:
+        build_state()
+    state, position = built["state"], built["position"]
     step = int(jax.device_get(state.step))
     data = fed.batches(position, stop=train_steps) if fed else input_pipeline.TrainData(data_spec, position=position)
 

@@ -230,6 +230,10 @@ class Trainer:
             self._compiled_shapes.add(shapes)
         return fn
 
+    def precompile_train_step(self, state: TrainState, batch: Batch) -> None:
+        """Compiles the train step for `batch`'s shapes without running it (`state` is left as it is)."""
+        self._compiled_step("train", state, self._prepare(batch))
+
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer step on a global batch; `state` is donated (do not reuse it).
 

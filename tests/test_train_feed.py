@@ -137,20 +137,42 @@ def test_an_unreadable_chunk_is_named_and_rewritten(svamp, tmp_path):
 
 TF_FREE_TRAIN = """
 import json, sys
+from distill import train_feed, trainer
 from distill.train import main
+
+writing, compiles = [], []  # whether the child was writing; each train-step compilation
+prepare, compiled_step = train_feed.TrainFeed.prepare, trainer.Trainer._compiled_step
+
+def spied_prepare(self, *args, while_writing=None, **kwargs):
+    def spied():
+        writing.append(True)
+        while_writing()
+    return prepare(self, *args, while_writing=spied if while_writing else None, **kwargs)
+
+def spied_compiled_step(self, kind, state, batch):
+    known = len(self._compiled_shapes)
+    fn = compiled_step(self, kind, state, batch)
+    if kind == "train" and len(self._compiled_shapes) > known:
+        compiles.append(bool(writing))
+    return fn
+
+train_feed.TrainFeed.prepare, trainer.Trainer._compiled_step = spied_prepare, spied_compiled_step
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "heavy": sorted(m for m in ("tensorflow", "seqio") if m in sys.modules)}))
+print(json.dumps({"code": code, "heavy": sorted(m for m in ("tensorflow", "seqio") if m in sys.modules),
+                  "train_step_compiles": compiles}))
 """
 
 
 def test_a_process_fed_run_holds_no_tensorflow_and_matches_an_inline_run(svamp, tmp_path):
+    """Also: the state is built and the step compiled while the feed is written, for the batches' one shape."""
     data_dir, vocab = svamp
     env = h.subprocess_env(data_dir)
     fed_dir, inline_dir = tmp_path / "fed", tmp_path / "inline"
     result = h.run([sys.executable, "-c", TF_FREE_TRAIN, *h.train_command(fed_dir, vocab, 4)[3:]], env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"code": 0, "heavy": []}
+    # Packed rows have one shape: the step was compiled once, while the child wrote the feed.
+    assert report == {"code": 0, "heavy": [], "train_step_compiles": [True]}
     assert "training feed: written" in result.stdout and (fed_dir / "feed").is_dir()
 
     result = h.run(h.train_command(inline_dir, vocab, 4, "--gin.TRAIN_FEED='inline'"), env)
@@ -176,3 +198,32 @@ def test_a_bad_train_feed_value_is_one_error_line(svamp, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: TRAIN_FEED='thread' must be one of 'process', 'inline'"
     assert "Traceback" not in result.stderr
+
+
+def test_an_error_while_writing_stops_the_writer_and_propagates(svamp, tmp_path):
+    """distill train's state building fails (e.g. a checkpoint of another pipeline): no writer is left behind."""
+    import glob
+
+    feed = TrainFeed(str(tmp_path), _spec(), _source(svamp), chunk_batches=3)
+
+    def fail():
+        raise UserError("the checkpoint's data pipeline differs")
+
+    with pytest.raises(UserError, match="data pipeline differs"):
+        feed.prepare(0, 7, while_writing=fail)
+    children = [pid for path in glob.glob(f"/proc/{os.getpid()}/task/*/children") for pid in open(path).read().split()]
+    assert not children
+    feed.prepare(0, 7)  # what the killed child wrote is whole: the rest is written now
+    assert len(list(itertools.islice(feed.batches(stop=7), 7))) == 7
+
+
+@pytest.mark.parametrize("layout, fixed", [
+    ({}, True), ({"pack": False}, True), ({"pack": False, "trim_padding": True}, False),
+    ({"pack": False, "pack_batch": True}, False)])
+def test_fixed_batch_shapes_are_the_layouts_whose_batches_share_one_shape(layout, fixed):
+    shapes = _spec(**layout).fixed_batch_shapes()
+    if not fixed:
+        assert shapes is None
+        return
+    assert shapes["encoder_input_tokens"] == (4, 128) and shapes["decoder_task_ids"] == (4, 64)
+    assert ("encoder_segment_ids" in shapes) == layout.get("pack", True)
