@@ -216,37 +216,37 @@ def train(
                                  method=decode_method, num_beams=num_beams,
                                  num_rationale_examples=num_rationale_examples,
                                  rationale_max_decode_length=lengths["targets"], max_examples=eval_max_examples)
-    built: dict[str, Any] = {}
 
-    def build_state() -> None:
-        """The state (restored, imported or fresh) and, where every batch has one shape, the compiled step."""
-        built["position"] = 0
+    def build_state() -> tuple[Any, int, int]:
+        """(state, data position, step): restored, imported or fresh; where every batch has one
+        shape, the train step is compiled too."""
+        position = 0
         if latest is not None:
-            built["state"], extra = manager.restore(trainer.abstract_state, trainer.state_shardings)
+            state, extra = manager.restore(trainer.abstract_state, trainer.state_shardings)
             input_pipeline.check_data_state(data_spec, extra)
-            built["position"] = int(extra.get("position", 0))
+            position = int(extra.get("position", 0))
             print(f"resuming {model_dir} from step {latest}", flush=True)
         elif initial is not None:
-            built["state"] = trainer.init_from_params(_load_initial_params(initial, trainer))
+            state = trainer.init_from_params(_load_initial_params(initial, trainer))
         else:
-            built["state"] = trainer.create_state()
+            state = trainer.create_state()
+        step = int(jax.device_get(state.step))
         shapes = data_spec.fixed_batch_shapes()
-        if shapes is not None and train_steps > int(jax.device_get(built["state"].step)):
-            trainer.precompile_train_step(built["state"], {name: np.zeros(shape, np.int32)
-                                                           for name, shape in shapes.items()})
+        if shapes is not None and step < train_steps:
+            trainer.precompile_train_step(state, {name: np.zeros(shape, np.int32) for name, shape in shapes.items()})
+        return state, position, step
 
     fed = None
     if feed == "process":  # the state is built and the step compiled while the child writes (two cores busy)
         fed = train_feed.TrainFeed(_feed_root(model_dir), data_spec, train_feed.FeedSource(
             dataset=dataset, data_dir=os.path.abspath(data_dir), vocabulary_path=os.path.abspath(vocab_path),
             train_fraction=train_fraction, tfds_dir=tfds_dir))
-        fed.prepare(0, min(train_steps, train_feed.AHEAD_BATCHES),
-                    [train_feed.EvalRequest(*request) for request in
-                     example_requests(label_task, rationale_task, eval_settings)], while_writing=build_state)
-    if not built:
-        build_state()
-    state, position = built["state"], built["position"]
-    step = int(jax.device_get(state.step))
+        state, position, step = fed.prepare(
+            0, min(train_steps, train_feed.AHEAD_BATCHES),
+            [train_feed.EvalRequest(*request) for request in example_requests(label_task, rationale_task, eval_settings)],
+            while_writing=build_state)
+    else:
+        state, position, step = build_state()
     data = fed.batches(position, stop=train_steps) if fed else input_pipeline.TrainData(data_spec, position=position)
 
     evaluator = Evaluator(label_task=label_task, rationale_task=rationale_task, dataset=dataset, vocabulary=vocabulary,

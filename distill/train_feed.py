@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -52,6 +52,7 @@ CHUNK_BATCHES = 64
 # it has trained, so skipping to a window's start (the pipeline re-reads what it skips) costs O(run).
 AHEAD_BATCHES = 50_000
 FEEDS = ("process", "inline")
+Result = TypeVar("Result")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,17 +92,18 @@ class TrainFeed:
         self.writer_peak_rss_gb: float | None = None  # set when `prepare` ran the writer
 
     def prepare(self, start: int, stop: int, evals: Sequence[EvalRequest] = (), *,
-                while_writing: Callable[[], None] | None = None) -> None:
+                while_writing: Callable[[], Result] | None = None) -> Result | None:
         """Makes batches [start, stop) and the evaluation files exist, running the writer child for what is missing.
 
-        `while_writing` (if given) runs in this process while the child writes (`distill train`
-        builds its state and compiles its train step meanwhile); if it raises, the child is
-        stopped (its files appear whole or not at all) and the error propagates.
+        `while_writing` (if given) runs in this process while the child writes, or at once when
+        nothing is missing (`distill train` builds its state and compiles its train step
+        meanwhile); its result is returned. If it raises, the child is stopped (its files appear
+        whole or not at all) and the error propagates.
         """
         first = self._first_missing_chunk(start, stop)
         missing_evals = [e for e in evals if not os.path.isfile(self._eval_path(e))]
         if first is None and not missing_evals:
-            return
+            return None if while_writing is None else while_writing()
         start = stop if first is None else first * self.chunk_batches
         request = {"spec": self.spec.to_json(), "source": dataclasses.asdict(self.source), "start": start,
                    "stop": stop, "chunk_batches": self.chunk_batches, "evals": [dataclasses.asdict(e) for e in missing_evals], "dir": self.dir}
@@ -117,8 +119,7 @@ class TrainFeed:
             child = subprocess.Popen([sys.executable, "-m", "distill.train_feed", request_path],
                                      stdout=log, stderr=subprocess.STDOUT)
             try:
-                if while_writing is not None:
-                    while_writing()
+                result = None if while_writing is None else while_writing()
             except BaseException:
                 child.kill()
                 child.wait()
@@ -129,6 +130,7 @@ class TrainFeed:
             raise UserError(_writer_failure(code, log_path))
         print(f"training feed: written in {time.perf_counter() - began:.1f} s (writer peak RSS "
               f"{self.writer_peak_rss_gb:.2f} GB, exited before training starts)", flush=True)
+        return result
 
     def batches(self, position: int = 0, *, stop: int | None = None) -> "FeedBatches":
         """Batches from `position`; with `stop` (the run's last batch), missing ones are written on the way."""

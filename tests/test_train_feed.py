@@ -146,7 +146,7 @@ prepare, compiled_step = train_feed.TrainFeed.prepare, trainer.Trainer._compiled
 def spied_prepare(self, *args, while_writing=None, **kwargs):
     def spied():
         writing.append(True)
-        while_writing()
+        return while_writing()
     return prepare(self, *args, while_writing=spied if while_writing else None, **kwargs)
 
 def spied_compiled_step(self, kind, state, batch):
@@ -215,6 +215,7 @@ def test_an_error_while_writing_stops_the_writer_and_propagates(svamp, tmp_path)
     assert not children
     feed.prepare(0, 7)  # what the killed child wrote is whole: the rest is written now
     assert len(list(itertools.islice(feed.batches(stop=7), 7))) == 7
+    assert feed.prepare(0, 7, while_writing=lambda: "built") == "built"  # nothing to write: it runs at once
 
 
 @pytest.mark.parametrize("layout, fixed", [
