@@ -61,6 +61,7 @@ class MetricWriter:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stdout
         self.throughput = Throughput()
+        self._tokens_per_sec: list[float] = []  # one per report_train, this process's
         self._writer = None
         if enabled and log_dir:
             from tensorboardX import SummaryWriter
@@ -80,6 +81,7 @@ class MetricWriter:
         Returns the throughput figures (steps_per_sec, tokens_per_sec, mfu?).
         """
         rates = self.throughput.rates(self.peak_flops)
+        self._tokens_per_sec.append(rates["tokens_per_sec"])
         remaining = max(self.total_steps - step, 0)
         eta = remaining / rates["steps_per_sec"] if rates["steps_per_sec"] > 0 else float("inf")
         self.throughput.reset()
@@ -89,6 +91,15 @@ class MetricWriter:
         self.write_scalars(step, rates, prefix="perf")
         self._print(progress_line(step, self.total_steps, metrics, rates, eta))
         return rates
+
+    def mean_tokens_per_sec(self) -> float | None:
+        """The mean of the reported tokens/s, the first (compiling) interval left out; None before any report.
+
+        The run's throughput for sweep records (distill/sweep.py), so reading it
+        back needs no TensorFlow to parse the event files.
+        """
+        values = self._tokens_per_sec[1:] if len(self._tokens_per_sec) > 1 else self._tokens_per_sec
+        return sum(values) / len(values) if values else None
 
     def report_eval(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         """Writes one split's evaluation metrics and prints them."""

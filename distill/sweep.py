@@ -180,7 +180,11 @@ def is_finished(record: dict | None, steps: int | None) -> bool:
 
 
 def tokens_per_second_from_events(model_dir: str) -> float | None:
-    """Mean of the run's perf/tokens_per_sec TensorBoard scalars, the first (compiling) interval left out."""
+    """Mean of the run's perf/tokens_per_sec TensorBoard scalars, the first (compiling) interval left out.
+
+    Only for a run whose train() call reported no throughput (it resumed at its
+    last step); it imports TensorFlow, which train()'s own figure avoids.
+    """
     import glob
 
     import tensorflow as tf

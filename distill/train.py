@@ -82,7 +82,8 @@ def train(
     peak_flops: float | None = None,
     config_text: str | None = None,
 ) -> dict[str, Any]:
-    """Trains (or resumes) a run in `model_dir`; returns the metrics.json content it wrote, plus step/preempted.
+    """Trains (or resumes) a run in `model_dir`; returns the metrics.json content it wrote, plus step/preempted
+    and tokens_per_second (this process's mean, distill/metric_writer.py; absent when it ran no step).
 
     Args (gin macro in brackets, see gin_configs/runs/train.gin):
       model_dir [MODEL_DIR]: output folder; an existing run there is resumed.
@@ -313,7 +314,10 @@ def train(
     writer.close()
     if preempted:
         print(f"stopped by SIGTERM at step {step}; checkpoint saved, relaunch to resume", flush=True)
-    return {**evaluator.metrics, "preempted": preempted, "step": step}
+    result = {**evaluator.metrics, "preempted": preempted, "step": step}
+    if writer.mean_tokens_per_sec() is not None:
+        result["tokens_per_second"] = writer.mean_tokens_per_sec()
+    return result
 
 
 # ----------------------------------------------------------------------------

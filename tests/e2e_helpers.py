@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
+import sys
 
 from distill.report import RESULT_COLUMNS
 
@@ -68,3 +69,5 @@ def run_micro_sweep(sweep_dir: str, data_dir: str) -> None:
     grid = sweep.make_grid(["svamp"], ["standard_gt", "step_by_step_gt"], ["micro"], [0.125, 0.25], [0, 1])
     outcome = sweep.run_sweep(grid, sweep_dir, models={"micro": micro}, steps=2, data_dir=data_dir)
     assert not outcome.failed, outcome.failed
+    # The feed child ran the seqio pipeline; the records' tokens/s came from train() itself.
+    assert "tensorflow" not in sys.modules

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import runs_helpers as h
 from distill import flops
-from distill.metric_writer import progress_line
+from distill.metric_writer import MetricWriter, progress_line
 
 
 def test_synthetic_benchmark_runs_without_tensorflow(tmp_path):
@@ -81,6 +82,15 @@ def test_progress_line():
                          {"steps_per_sec": 2.0, "tokens_per_sec": 4120.0, "mfu": 0.123}, 10.0)
     assert line == ("step 40/60 | loss 3.2100 (label 1.200, rationale 4.300) | lr 1.00e-03 | 2.00 steps/s | "
                     "4,120 tok/s | MFU 12.3% | ETA 0:00:10")
+
+
+def test_mean_tokens_per_sec_leaves_out_the_compiling_interval():
+    writer = MetricWriter(None, total_steps=30, stream=sys.stderr)
+    assert writer.mean_tokens_per_sec() is None
+    for step, tokens in ((10, 10), (20, 400), (30, 600)):  # 2 s each: 5, 200, 300 tokens/s
+        writer.throughput.start, writer.throughput.steps, writer.throughput.tokens = time.perf_counter() - 2.0, 10, tokens
+        writer.report_train(step, {"loss": 1.0})
+    assert writer.mean_tokens_per_sec() == pytest.approx(250.0, rel=1e-2)
 
 
 def test_pytorch_reference_recipe_trains_both_methods(shared_data_dir):
