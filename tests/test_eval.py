@@ -89,3 +89,41 @@ def test_corrupt_metrics_file_is_reported_not_overwritten(tmp_path):
     with pytest.raises(UserError, match="metrics.json is not readable JSON"):
         update_metrics_file(str(tmp_path), step=1, results={}, dataset="svamp", task="t")
     assert (tmp_path / "metrics.json").read_text() == "{not json"
+
+
+class _IdsVocabulary:
+    """Decodes ids to their numbers: predictions show exactly which tokens came out."""
+
+    vocab_size = 512
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_splits_decoded_together_get_what_each_split_alone_gets(tmp_path):
+    import jax
+    import numpy as np
+    from flax import linen as nn
+
+    from distill.evaluation import EvalSettings, Evaluator
+    from distill.input_pipeline import EvalExample
+    from distill.models.t5 import init_params
+    from distill.predict import decode_ids
+
+    config = h.micro_config(vocab_size=512)
+    params = nn.unbox(init_params(config, jax.random.PRNGKey(3), encoder_length=8, decoder_length=8))["params"]
+    rng = np.random.default_rng(0)
+    splits = {split: [EvalExample(f"{split} {i}", tuple(int(t) for t in rng.integers(3, 512, rng.integers(4, 40))),
+                                  "1") for i in range(count)] for split, count in (("validation", 5), ("test", 9))}
+    evaluator = Evaluator(label_task="svamp_label_gt", rationale_task=None, dataset="svamp",
+                          vocabulary=_IdsVocabulary(), output_dir=str(tmp_path),
+                          settings=EvalSettings(batch_size=4, max_decode_length=6),
+                          read_examples=lambda task, split, max_examples=None: splits[split])
+    results = evaluator.evaluate(config, params, 1)
+    for split, examples in splits.items():
+        alone = decode_ids(config, params, _IdsVocabulary(), [e.input_ids for e in examples], batch_size=4,
+                           max_decode_length=6)
+        written = [json.loads(line) for line in (tmp_path / "predictions" / f"{split}_step1.jsonl").read_text().splitlines()]
+        assert [record["prediction"] for record in written] == alone
+        assert [record["input"] for record in written] == [e.input for e in examples]
+        assert results[split]["num_examples"] == len(examples)
