@@ -189,12 +189,21 @@ def sample_decode(
 # ----------------------------------------------------------------------------
 
 
-def expand_to_beams(state: PyTree, num_beams: int) -> PyTree:
-    """Repeat every batch-leading leaf per beam: [b, ...] -> [b * num_beams, ...] (rows b-major)."""
-    def expand(leaf):
+KeyPath = tuple  # a jax.tree_util key path, e.g. (DictKey("cache"), DictKey("decoder"), ...)
+
+
+def expand_to_beams(state: PyTree, num_beams: int,
+                    beam_invariant: Callable[[KeyPath], bool] | None = None) -> PyTree:
+    """Repeat every batch-leading leaf per beam: [b, ...] -> [b * num_beams, ...] (rows b-major).
+
+    Leaves that `beam_invariant` marks stay per row ([b, ...]), as do scalars.
+    """
+    def expand(path, leaf):
         leaf = jnp.asarray(leaf)
-        return leaf if leaf.ndim == 0 else jnp.repeat(leaf, num_beams, axis=0)
-    return jax.tree_util.tree_map(expand, state)
+        if leaf.ndim == 0 or (beam_invariant is not None and beam_invariant(path)):
+            return leaf
+        return jnp.repeat(leaf, num_beams, axis=0)
+    return jax.tree_util.tree_map_with_path(expand, state)
 
 
 def chunked_top_k(x: jax.Array, k: int, chunk: int = 128) -> tuple[jax.Array, jax.Array]:
@@ -225,16 +234,12 @@ def _gather_beams(x: jax.Array, indices: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, indices, axis=1)
 
 
-KeyPath = tuple  # a jax.tree_util key path, e.g. (DictKey("cache"), DictKey("decoder"), ...)
-
-
 def _gather_state(state: PyTree, parents: jax.Array, batch_size: int, num_beams: int,
                   beam_invariant: Callable[[KeyPath], bool] | None) -> PyTree:
     """Reorder the flat [b * beams, ...] model state so row (i, j) continues beam parents[i, j].
 
-    Leaves that `beam_invariant` marks hold the same values for every beam of
-    a row (encoder outputs, cross-attention keys/values): reordering them is a
-    no-op, so they are skipped, which saves copying the largest leaves each step.
+    Leaves that `beam_invariant` marks are kept once per row ([b, ...], see
+    `beam_search`): there is nothing to reorder.
     """
     def gather(path, leaf):
         if leaf.ndim == 0 or (beam_invariant is not None and beam_invariant(path)):
@@ -271,9 +276,12 @@ def beam_search(
     traced scalar (one compiled search serves every value).
 
     `beam_invariant(key_path) -> bool` (optional) names state leaves that stay
-    equal across the beams of a row (encoder outputs, cross-attention cache);
-    they are not reordered between steps. Marking a leaf that does differ
-    between beams gives wrong results.
+    equal across the beams of a row (encoder outputs, cross-attention cache):
+    they are kept once per row, neither repeated per beam nor reordered, so
+    `tokens_to_logits` gets them with b rows while the other leaves (and the
+    tokens) have b * num_beams, the beams of row i at rows i * num_beams ...
+    (i + 1) * num_beams - 1. Marking a leaf that does differ between beams
+    gives wrong results.
     """
     if num_beams < 1 or max_decode_length < 1:
         raise ValueError(f"need num_beams >= 1 and max_decode_length >= 1, got {num_beams}, {max_decode_length}")
@@ -341,7 +349,7 @@ def beam_search(
         finished_scores=jnp.full((b, k), _LARGE_NEGATIVE, jnp.float32),
         finished_flags=jnp.zeros((b, k), jnp.bool_),
         improvable=jnp.ones((b,), jnp.bool_),
-        model_state=expand_to_beams(state, k),
+        model_state=expand_to_beams(state, k, beam_invariant),
     )
     final = jax.lax.while_loop(cond, body, carry)
     return final["finished_seqs"], final["finished_scores"]

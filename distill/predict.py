@@ -72,8 +72,10 @@ def make_tokens_to_logits(
     encoded [b, Li, d_model], encoder_input_tokens [b, Li] (0 = padding).
     Returns `(tokens_to_logits, state)` with state = {"cache", "encoded",
     "encoder_input_tokens"}: every leaf batch-leading except the cache's scalar
-    index, so `decoding.beam_search` can expand and reorder it per beam. The
-    parameters are closed over (shared by all rows and beams).
+    index, so `decoding.beam_search` can expand and reorder it per beam (the
+    `beam_invariant` leaves stay per row: the cross-attention takes each row's
+    beams as its queries, distill/models/layers.py). The parameters are closed
+    over (shared by all rows and beams).
     """
     model = T5(config)
 
@@ -99,7 +101,7 @@ def beam_invariant(path: tuple) -> bool:
     """State leaves equal across the beams of a row: inputs, encoder outputs, cross-attention cache.
 
     (The cross-attention keys/values are projected from the encoder outputs,
-    which every beam of a row shares.) beam_search skips reordering them.
+    which every beam of a row shares.) beam_search keeps them once per row.
     """
     names = {getattr(key, "key", None) for key in path}
     return bool(names & {"encoded", "encoder_input_tokens", "encoder_decoder_attention"})

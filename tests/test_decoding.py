@@ -267,3 +267,10 @@ def test_expand_to_beams_repeats_rows_and_shares_scalars():
     expanded = decoding.expand_to_beams(state, 2)
     np.testing.assert_array_equal(expanded["x"], [[0, 1, 2], [0, 1, 2], [3, 4, 5], [3, 4, 5]])
     assert expanded["index"].shape == () and int(expanded["index"]) == 7
+
+
+def test_expand_to_beams_keeps_beam_invariant_leaves_per_row():
+    state = {"x": jnp.arange(6).reshape(2, 3), "shared": jnp.arange(4).reshape(2, 2)}
+    expanded = decoding.expand_to_beams(state, 3, lambda path: path[0].key == "shared")
+    assert expanded["x"].shape == (6, 3)
+    np.testing.assert_array_equal(expanded["shared"], [[0, 1], [2, 3]])

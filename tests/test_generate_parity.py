@@ -107,3 +107,28 @@ def test_decoding_params_store_product_weights_in_bfloat16_and_decode_the_same(m
     _, cast_each_call = _ours(config, params, inputs, **kwargs)
     _, cast_once = _ours(config, stored, inputs, **kwargs)
     np.testing.assert_array_equal(cast_once, cast_each_call)
+
+
+@pytest.mark.parametrize("matmul_dtype", ["", "bfloat16"])
+def test_beam_rows_sharing_encoder_keys_search_as_beams_with_their_own_copies(models, inputs, matmul_dtype):
+    """predict's beam search keeps the encoder keys/values once per row (the beams are the cross-attention's
+    queries); expanding every state leaf per beam instead (no beam_invariant) finds the same beams."""
+    from distill import decoding
+    from distill.models.t5 import T5
+    from distill.predict import beam_invariant, decoding_params, make_tokens_to_logits
+
+    _, config, params = models
+    config = config.replace(matmul_dtype=matmul_dtype)
+    params = decoding_params(config, params)
+    ids = jnp.asarray(inputs)
+
+    def search(invariant):
+        encoded = T5(config).apply({"params": params}, ids, method=T5.encode)
+        step, state = make_tokens_to_logits(config, params, encoded, ids, max_decode_length=NEW_TOKENS)
+        return decoding.beam_search(step, state, batch_size=ids.shape[0], num_beams=4, max_decode_length=NEW_TOKENS,
+                                    beam_invariant=invariant)
+
+    shared_tokens, shared_scores = jax.jit(lambda: search(beam_invariant))()
+    copied_tokens, copied_scores = jax.jit(lambda: search(None))()
+    np.testing.assert_array_equal(shared_tokens, copied_tokens)
+    np.testing.assert_allclose(shared_scores, copied_scores, rtol=1e-5, atol=1e-5)
