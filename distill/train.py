@@ -315,8 +315,9 @@ def train(
     if preempted:
         print(f"stopped by SIGTERM at step {step}; checkpoint saved, relaunch to resume", flush=True)
     result = {**evaluator.metrics, "preempted": preempted, "step": step}
-    if writer.mean_tokens_per_sec() is not None:
-        result["tokens_per_second"] = writer.mean_tokens_per_sec()
+    tokens_per_second = writer.mean_tokens_per_sec()
+    if tokens_per_second is not None:
+        result["tokens_per_second"] = tokens_per_second
     return result
 
 

@@ -436,8 +436,8 @@ class Attention(nn.Module):
             # Beam search keeps the encoder keys/values once per input row (distill/decoding.py,
             # beam_invariant); the row's beams ([b * beams, 1, h, d], b-major) become its queries,
             # [b, h, beams, d]: one small product per row and head instead of a matrix-vector
-            # product per beam, each reading the same keys (XLA:CPU: 1.7-4.7 ms -> 0.3-0.4 ms a
-            # layer for T5 small, 32 rows x 4 beams, bfloat16).
+            # product per beam, each reading the same keys (XLA:CPU, T5 small, 32 rows x 4 beams,
+            # bfloat16: 0.52 ms a product in the decode loop; standalone, 1.7-4.7 ms -> 0.3-0.4 ms a layer).
             query = query.reshape((key.shape[0], -1) + query.shape[2:]).swapaxes(1, 2)
         q = "bhqd" if beams_as_queries else "bqhd"
 
