@@ -47,6 +47,12 @@ class Throughput:
         return rates
 
 
+def steady_mean(rates: list[float]) -> float | None:
+    """The mean of per-report rates, the first (compiling) interval left out unless it is the only one."""
+    values = rates[1:] if len(rates) > 1 else rates
+    return sum(values) / len(values) if values else None
+
+
 class MetricWriter:
     """Writes scalars to `<log_dir>` (tensorboardX events) and a console line.
 
@@ -93,13 +99,11 @@ class MetricWriter:
         return rates
 
     def mean_tokens_per_sec(self) -> float | None:
-        """The mean of the reported tokens/s, the first (compiling) interval left out; None before any report.
+        """The run's throughput for sweep records (distill/sweep.py): `steady_mean` of the reported tokens/s.
 
-        The run's throughput for sweep records (distill/sweep.py), so reading it
-        back needs no TensorFlow to parse the event files.
+        Kept here, so reading it back needs no TensorFlow to parse the event files.
         """
-        values = self._tokens_per_sec[1:] if len(self._tokens_per_sec) > 1 else self._tokens_per_sec
-        return sum(values) / len(values) if values else None
+        return steady_mean(self._tokens_per_sec)
 
     def report_eval(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         """Writes one split's evaluation metrics and prints them."""

@@ -40,6 +40,7 @@ from distill.atomic import AtomicFile, write_atomically
 from distill.compilation_cache import enable_compilation_cache
 from distill.errors import UserError
 from distill.heap import limit_malloc_arenas
+from distill.metric_writer import steady_mean
 from distill.report import RESULT_COLUMNS
 
 SWEEP_RECORD = "sweep.json"
@@ -196,8 +197,7 @@ def tokens_per_second_from_events(model_dir: str) -> float | None:
                 values += [v.simple_value for v in event.summary.value if v.tag == "perf/tokens_per_sec"]
         except tf.errors.DataLossError:  # A truncated last record: keep what was read.
             continue
-    values = values[1:] if len(values) > 1 else values
-    return sum(values) / len(values) if values else None
+    return steady_mean(values)
 
 
 def _write_record(model_dir: str, result: dict | None, train_seconds: float) -> None:
