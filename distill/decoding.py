@@ -192,6 +192,11 @@ def sample_decode(
 KeyPath = tuple  # a jax.tree_util key path, e.g. (DictKey("cache"), DictKey("decoder"), ...)
 
 
+def _kept_per_row(path: KeyPath, leaf: jax.Array, beam_invariant: Callable[[KeyPath], bool] | None) -> bool:
+    """A state leaf beam search holds once per row, not per beam: scalars and `beam_invariant` leaves."""
+    return leaf.ndim == 0 or (beam_invariant is not None and beam_invariant(path))
+
+
 def expand_to_beams(state: PyTree, num_beams: int,
                     beam_invariant: Callable[[KeyPath], bool] | None = None) -> PyTree:
     """Repeat every batch-leading leaf per beam: [b, ...] -> [b * num_beams, ...] (rows b-major).
@@ -200,7 +205,7 @@ def expand_to_beams(state: PyTree, num_beams: int,
     """
     def expand(path, leaf):
         leaf = jnp.asarray(leaf)
-        if leaf.ndim == 0 or (beam_invariant is not None and beam_invariant(path)):
+        if _kept_per_row(path, leaf, beam_invariant):
             return leaf
         return jnp.repeat(leaf, num_beams, axis=0)
     return jax.tree_util.tree_map_with_path(expand, state)
@@ -242,7 +247,7 @@ def _gather_state(state: PyTree, parents: jax.Array, batch_size: int, num_beams:
     `beam_search`): there is nothing to reorder.
     """
     def gather(path, leaf):
-        if leaf.ndim == 0 or (beam_invariant is not None and beam_invariant(path)):
+        if _kept_per_row(path, leaf, beam_invariant):
             return leaf
         beams = leaf.reshape((batch_size, num_beams) + leaf.shape[1:])
         return _gather_beams(beams, parents).reshape(leaf.shape)
