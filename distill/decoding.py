@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from distill.argmax import argmax_last_axis
-from distill.losses import log_softmax
+from distill.losses import log_sum_exp
 
 PyTree = Any
 
@@ -211,26 +211,44 @@ def expand_to_beams(state: PyTree, num_beams: int,
     return jax.tree_util.tree_map_with_path(expand, state)
 
 
-def chunked_top_k(x: jax.Array, k: int, chunk: int = 128) -> tuple[jax.Array, jax.Array]:
-    """jax.lax.top_k(x, k) for x [b, n]: (values [b, k], indices [b, k]), the same answer, faster.
+def top_continuations(logits: jax.Array, scores: jax.Array, count: int,
+                      chunk: int = 128) -> tuple[jax.Array, jax.Array]:
+    """The `count` best continuations of each row over all its beams, without writing them all out.
 
-    XLA:CPU's top_k walks every element of a row one by one (6 ms for the
-    [32, 4 x 32128] scores of a beam step, 15% of tiny T5's beam search).
-    The k largest values lie in the k chunks with the largest maxima (a value
-    outside them would have k larger chunk maxima above it), so: the max of
-    each chunk of `chunk` columns (a vectorized reduction), top_k over those
-    maxima, then top_k over the k chosen chunks only. The chunks are taken in
-    column order, so ties go to the lowest index as with jax.lax.top_k.
+    logits [b, beams, vocab] (float32), scores [b, beams] (the beams' summed log-probs). The
+    answer is jax.lax.top_k(totals, count) for totals = (log_softmax(logits) + scores[..., None])
+    flattened to [b, beams * vocab]: (values [b, count], flat indices beam * vocab + token),
+    ties to the lowest index. XLA:CPU's top_k walks a row one element at a time (6 ms for the
+    [32, 4 x 32128] totals of a tiny T5 beam step), so the search goes by chunks of `chunk`
+    columns: a value outside the `count` chunks with the largest maxima would have `count`
+    larger values above it. Rounding is monotone, so a chunk's best total is its best logit's
+    total: the chunk maxima of the logits choose the chunks and give each beam's max for the
+    normalizer, and only the chosen chunks are normalized and searched. Two passes over the
+    vocabulary (chunk maxima, sum of exp) where writing the totals out took four; the same
+    values as log_softmax's op by op. The chunks stay in index order, so ties resolve as
+    top_k's do.
     """
-    rows, n = x.shape
-    if n <= 4 * k * chunk:
-        return jax.lax.top_k(x, k)
-    padded = jnp.pad(x, ((0, 0), (0, -n % chunk)), constant_values=-jnp.inf).reshape(rows, -1, chunk)
-    _, chosen = jax.lax.top_k(jnp.max(padded, axis=-1), k)
-    chosen = jnp.sort(chosen, axis=-1)
-    candidates = jnp.take_along_axis(padded, chosen[:, :, None], axis=1).reshape(rows, k * chunk)
-    values, position = jax.lax.top_k(candidates, k)
-    return values, jnp.take_along_axis(chosen, position // chunk, axis=1) * chunk + position % chunk
+    b, beams, vocab = logits.shape
+    if beams * vocab <= 4 * count * chunk:  # too few chunks to pay: the plain search
+        totals = logits - log_sum_exp(logits, jnp.max(logits, axis=-1, keepdims=True)) + scores[..., None]
+        return jax.lax.top_k(totals.reshape(b, beams * vocab), count)
+    chunks = -(-vocab // chunk)
+    padded = jnp.pad(logits, ((0, 0), (0, 0), (0, chunks * chunk - vocab)), constant_values=-jnp.inf)
+    padded = padded.reshape(b, beams * chunks, chunk)
+    chunk_peaks = jnp.max(padded, axis=-1).reshape(b, beams, chunks)
+    normalizer = log_sum_exp(logits, jnp.max(chunk_peaks, axis=-1, keepdims=True))  # [b, beams, 1]
+    peak_totals = (chunk_peaks - normalizer + scores[..., None]).reshape(b, beams * chunks)
+    _, chosen = jax.lax.top_k(peak_totals, count)
+    chosen = jnp.sort(chosen, axis=-1)  # [b, count] chunk ids, beam-major like the flat index
+    beam = chosen // chunks
+    candidates = jnp.take_along_axis(padded, chosen[:, :, None], axis=1)  # [b, count, chunk]
+    offset = jnp.take_along_axis(normalizer[..., 0], beam, axis=1)
+    bonus = jnp.take_along_axis(scores, beam, axis=1)
+    totals = (candidates - offset[..., None] + bonus[..., None]).reshape(b, count * chunk)
+    values, position = jax.lax.top_k(totals, count)
+    picked = jnp.take_along_axis(chosen, position // chunk, axis=1)
+    token = (picked % chunks) * chunk + position % chunk
+    return values, (picked // chunks) * vocab + token
 
 
 def _gather_beams(x: jax.Array, indices: jax.Array) -> jax.Array:
@@ -302,12 +320,10 @@ def beam_search(
         last = carry["running_tokens"].reshape(b * k, 1)
         logits, model_state = tokens_to_logits(last, carry["model_state"])
         vocab = logits.shape[-1]
-        log_probs = log_softmax(logits.astype(jnp.float32)).reshape(b, k, vocab)
-        totals = (log_probs + carry["running_scores"][:, :, None]).reshape(b, k * vocab)
-
         # The 2k best continuations over all beams: enough for k to keep running
         # even when k of them end in EOS.
-        top_scores, top_flat = chunked_top_k(totals, candidates)
+        top_scores, top_flat = top_continuations(
+            logits.astype(jnp.float32).reshape(b, k, vocab), carry["running_scores"], candidates)
         parents, top_tokens = top_flat // vocab, (top_flat % vocab).astype(jnp.int32)
         top_seqs = _gather_beams(carry["running_seqs"], parents)
         top_seqs = jax.lax.dynamic_update_slice(top_seqs, top_tokens[:, :, None], (0, 0, step))

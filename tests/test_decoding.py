@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill import decoding
+from distill import decoding, losses
 from distill.argmax import argmax_last_axis
 
 EOS, PAD = 1, 0
@@ -105,15 +105,26 @@ def test_argmax_last_axis_is_jnp_argmax_with_ties_to_the_first_index():
     assert 0 <= int(argmax_last_axis(broken)[0]) < 5  # an index the embedding can take
 
 
-@pytest.mark.parametrize("shape, k", [((4, 4 * 1000), 8), ((3, 70001), 3), ((2, 50), 4)])
-def test_chunked_top_k_is_lax_top_k(shape, k):
-    scores = jax.random.normal(jax.random.PRNGKey(shape[1]), shape)
-    for got, want in zip(decoding.chunked_top_k(scores, k, chunk=16), jax.lax.top_k(scores, k), strict=True):
-        np.testing.assert_array_equal(got, want)
-    ties = jnp.zeros(shape).at[0, shape[1] - 1].set(2.0).at[0, 17].set(1.0).at[0, 3].set(1.0)
-    values, indices = decoding.chunked_top_k(ties, k, chunk=16)
-    np.testing.assert_array_equal(indices[0, :3], [shape[1] - 1, 3, 17])  # ties: lowest index first
-    np.testing.assert_array_equal(indices[1], jnp.arange(k))
+@pytest.mark.parametrize("rows, beams, vocab, count", [(3, 4, 1000, 8), (2, 3, 70001, 6), (2, 2, 50, 4), (1, 1, 5000, 2)])
+def test_top_continuations_is_top_k_of_the_normalized_totals(rows, beams, vocab, count):
+    logits = jax.random.normal(jax.random.PRNGKey(vocab), (rows, beams, vocab)) * 4
+    scores = jax.random.normal(jax.random.PRNGKey(1), (rows, beams)) * 3
+    totals = (losses.log_softmax(logits) + scores[..., None]).reshape(rows, beams * vocab)
+    want = jax.lax.top_k(totals, count)
+    for got, expected in zip(decoding.top_continuations(logits, scores, count, chunk=16), want, strict=True):
+        np.testing.assert_array_equal(got, expected)  # bit for bit
+    compiled = jax.jit(functools.partial(decoding.top_continuations, count=count, chunk=16))(logits, scores)
+    np.testing.assert_array_equal(compiled[1], want[1])
+    np.testing.assert_allclose(compiled[0], want[0], rtol=1e-6)
+
+
+def test_top_continuations_breaks_ties_to_the_lowest_beam_and_token():
+    # Equal totals across beams and within one: the lowest flat index (beam * vocab + token) first.
+    logits = jnp.zeros((2, 3, 600)).at[0, 2, 599].set(9.0).at[0, 1, 17].set(5.0).at[0, 0, 300].set(5.0)
+    values, flat = decoding.top_continuations(logits, jnp.zeros((2, 3)), 4, chunk=16)
+    np.testing.assert_array_equal(flat[0, :3], [2 * 600 + 599, 300, 600 + 17])
+    np.testing.assert_array_equal(flat[1], np.arange(4))
+    assert values[0, 1] == values[0, 2]
 
 
 def test_greedy_follows_argmax_and_pads_after_eos():
