@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from distill.argmax import argmax_last_axis
-from distill.losses import log_sum_exp
+from distill.losses import log_softmax, log_sum_exp
 
 PyTree = Any
 
@@ -230,7 +230,7 @@ def top_continuations(logits: jax.Array, scores: jax.Array, count: int,
     """
     b, beams, vocab = logits.shape
     if beams * vocab <= 4 * count * chunk:  # too few chunks to pay: the plain search
-        totals = logits - log_sum_exp(logits, jnp.max(logits, axis=-1, keepdims=True)) + scores[..., None]
+        totals = log_softmax(logits) + scores[..., None]
         return jax.lax.top_k(totals.reshape(b, beams * vocab), count)
     chunks = -(-vocab // chunk)
     padded = jnp.pad(logits, ((0, 0), (0, 0), (0, chunks * chunk - vocab)), constant_values=-jnp.inf)
