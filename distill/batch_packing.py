@@ -12,7 +12,15 @@ so examples per step, data order and resumption are unchanged -- and lays them o
   the longest target); both at most the unpacked widths;
 - first-fit decreasing by input length, a sequence goes where both its input and its target fit;
 - the row count rounded up to a multiple of `row_multiple` (the data-parallel shards; empty rows
-  are all padding).
+  are all padding);
+- with `decoder_group` G > 1, one decoder row holds the targets of G encoder rows: a row's
+  targets vary more than its inputs (SVAMP's labels fill 57% of 48-token target rows), and the
+  sum over G rows varies less, so balanced groups of 2 need about a quarter fewer decoder
+  positions (83% full). Rows are grouped by balancing their target tokens (largest first, into
+  the lightest group) and laid out group by group: decoder row j holds encoder rows
+  [j * G, (j + 1) * G), G = ceil(rows / decoder rows), the last group shorter when G does not
+  divide the row count; segment ids are numbered across a group. The model lays the group's
+  encoder rows end to end for the cross-attention (distill/models/t5.py, `_group_encoder_rows`).
 
 The result is THE packed training format (distill/feature_converters.py): segment ids and
 positions per token, decoder inputs restarting at 0 per segment. T5's attention is relative
@@ -33,6 +41,9 @@ ROW_SEQUENCES = 2
 TARGET_SLACK = 1.15  # target room over the row's expected share, so inputs, not targets, fill a row
 TARGET_STEP = 16  # target capacity in steps of 16, not powers of two: the decoder costs more per token
 SMALLEST_BUCKET = 16
+# Encoder rows per decoder row. Only without gradient accumulation: its microbatches take strided rows
+# (distill/trainer.py), which would split a group; `decoder_group` says which applies.
+DECODER_GROUP = 2
 
 # The training batch's features (distill/feature_converters.py): every batch has these, packed
 # rows also the per-token segment ids and positions.
@@ -77,15 +88,41 @@ def assign_rows(input_lengths: np.ndarray, target_lengths: np.ndarray, capacity:
     return [sorted(row) for row in rows]
 
 
-def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1) -> dict[str, np.ndarray]:
+def decoder_group(*, pack_batch: bool, num_microbatches: int = 1) -> int:
+    """A run's `decoder_group` (TrainDataSpec): DECODER_GROUP for re-packed batches without gradient
+    accumulation, else 1."""
+    return DECODER_GROUP if pack_batch and num_microbatches == 1 else 1
+
+
+def group_rows(row_targets: list[int], groups: int) -> list[list[int]]:
+    """Row indices per group, balancing target tokens: groups of ceil(rows / groups), the last one
+    the rest; largest rows first, each into the lightest group with room (ties: the lower index)."""
+    size = -(-len(row_targets) // groups)
+    room = [size] * (groups - 1) + [len(row_targets) - size * (groups - 1)]
+    members: list[list[int]] = [[] for _ in range(groups)]
+    load = [0] * groups
+    for row in sorted(range(len(row_targets)), key=lambda r: (-row_targets[r], r)):
+        group = min((g for g in range(groups) if len(members[g]) < room[g]), key=lambda g: (load[g], g))
+        members[group].append(row)
+        load[group] += row_targets[row]
+    return [sorted(group) for group in members]
+
+
+def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1,
+               decoder_group: int = 1) -> dict[str, np.ndarray]:
     """An unpacked batch (encoder_input_tokens, decoder_* [rows, width]) as packed rows.
 
     Sequences are read up to their last non-padding token (inputs end in EOS, targets too);
     all-padding rows are dropped. Every key of the unpacked format is carried, plus
-    encoder/decoder segment ids and positions.
+    encoder/decoder segment ids and positions. `decoder_group` > 1 puts the targets of that
+    many encoder rows in one decoder row (the module docstring; the row count is then a
+    multiple of decoder_group x row_multiple when row_multiple > 1, so no group straddles two
+    data-parallel shards).
     """
     if "encoder_segment_ids" in batch:
         raise ValueError("pack_batch takes unpacked rows; this batch is packed already")
+    if decoder_group < 1 or row_multiple < 1:
+        raise ValueError(f"decoder_group and row_multiple must be >= 1, got {decoder_group}, {row_multiple}")
     inputs, targets = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
     input_lengths = row_lengths(inputs)
     target_lengths = row_lengths(targets)
@@ -95,22 +132,37 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1) -> dic
     capacity = row_capacities(input_lengths[used], target_lengths[used], input_width=inputs.shape[1],
                               target_width=targets.shape[1])
     rows = assign_rows(input_lengths[used], target_lengths[used], capacity)
-    count = -(-len(rows) // row_multiple) * row_multiple
-    packed = {name: np.zeros((count, capacity[0 if name.startswith("encoder") else 1]), np.int32)
+    multiple = row_multiple * decoder_group if row_multiple > 1 else 1
+    rows += [[] for _ in range(-len(rows) % multiple)]
+    row_targets = [int(sum(target_lengths[used[m]] for m in members)) for members in rows]
+    if decoder_group == 1:
+        groups, width = [[row] for row in range(len(rows))], capacity[1]
+    else:
+        groups = group_rows(row_targets, -(-len(rows) // decoder_group))
+        width = -(-max(sum(row_targets[r] for r in group) for group in groups) // TARGET_STEP) * TARGET_STEP
+    packed = {name: np.zeros((len(rows) if name.startswith("encoder") else len(groups),
+                              capacity[0] if name.startswith("encoder") else width), np.int32)
               for name in (*batch.keys(), *PACKING_FEATURES)}
-    for row, members in enumerate(rows):
-        offsets = [0, 0]
-        for segment, member in enumerate(members, start=1):
-            source = int(used[member])
-            for side, length in (("encoder", int(input_lengths[source])), ("decoder", int(target_lengths[source]))):
-                start = offsets[side == "decoder"]
-                span = slice(start, start + length)
-                for name, value in batch.items():
-                    if name.startswith(side):
-                        packed[name][row, span] = value[source, :length]
-                packed[f"{side}_segment_ids"][row, span] = segment
-                packed[f"{side}_positions"][row, span] = np.arange(length)
-                offsets[side == "decoder"] += length
+    encoder_row = 0
+    for decoder_row, group in enumerate(groups):
+        segment, decoder_offset = 0, 0
+        for members in (rows[r] for r in group):
+            encoder_offset = 0
+            for member in members:
+                segment += 1
+                source = int(used[member])
+                for side, row, length in (("encoder", encoder_row, int(input_lengths[source])),
+                                          ("decoder", decoder_row, int(target_lengths[source]))):
+                    start = encoder_offset if side == "encoder" else decoder_offset
+                    span = slice(start, start + length)
+                    for name, value in batch.items():
+                        if name.startswith(side):
+                            packed[name][row, span] = value[source, :length]
+                    packed[f"{side}_segment_ids"][row, span] = segment
+                    packed[f"{side}_positions"][row, span] = np.arange(length)
+                encoder_offset += int(input_lengths[source])
+                decoder_offset += int(target_lengths[source])
+            encoder_row += 1
     return packed
 
 

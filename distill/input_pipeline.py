@@ -42,6 +42,7 @@ class TrainDataSpec:
     trim_padding: bool = False  # unpacked rows only: cut each batch to a length bucket (see trim_padding)
     pack_batch: bool = False  # unpacked rows only: re-pack each batch's sequences (distill/batch_packing.py)
     row_multiple: int = 1  # pack_batch: row count a multiple of this (data-parallel size x microbatches)
+    decoder_group: int = 1  # pack_batch: encoder rows per decoder row (batch_packing.decoder_group)
 
     def fixed_batch_shapes(self) -> dict[str, tuple[int, int]] | None:
         """Every batch's feature shapes when they do not depend on its sequences, else None.
@@ -134,7 +135,7 @@ def numpy_batches(spec: TrainDataSpec, *, skip: int) -> Iterator[dict[str, np.nd
     for batch in ds.as_numpy_iterator():
         batch = {name: np.asarray(value, dtype=np.int32) for name, value in batch.items()}
         if spec.pack_batch:
-            yield pack_batch(batch, row_multiple=spec.row_multiple)
+            yield pack_batch(batch, row_multiple=spec.row_multiple, decoder_group=spec.decoder_group)
         else:
             yield trim_padding(batch) if spec.trim_padding else batch
 

@@ -127,7 +127,7 @@ def train(
     import jax
     import numpy as np
 
-    from distill import checkpointing, flops, input_pipeline, train_feed
+    from distill import batch_packing, checkpointing, flops, input_pipeline, train_feed
     from distill.atomic import write_atomically
     from distill.data.datasets import resolve_data_dir
     from distill.evaluation import EvalSettings, Evaluator, example_requests
@@ -198,7 +198,8 @@ def train(
         mixture_or_task_name=mixture_or_task_name, task_feature_lengths=tuple(sorted(lengths.items())),
         batch_size=batch_size // shard.num_shards, pack=pack, seed=seed, shard_index=shard.index,
         num_shards=shard.num_shards, trim_padding=trim_padding, pack_batch=pack_batch,
-        row_multiple=num_microbatches * partitioner.data_parallel_size)
+        row_multiple=num_microbatches * partitioner.data_parallel_size,
+        decoder_group=batch_packing.decoder_group(pack_batch=pack_batch, num_microbatches=num_microbatches))
     manager = checkpointing.CheckpointManager(model_dir, save_every=checkpoint_period or train_steps,
                                               keep=keep_checkpoints, async_save=async_checkpointing)
     latest = manager.latest_step()

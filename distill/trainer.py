@@ -181,14 +181,21 @@ class Trainer:
     def _prepare(self, batch: Batch) -> dict[str, jax.Array]:
         if not all(isinstance(v, jax.Array) for v in batch.values()):
             batch = self.partitioner.shard_batch(batch)
-        rows = next(iter(batch.values())).shape[0]
-        self.partitioner.check_batch_size(rows)
-        if rows % (self.num_microbatches * self.partitioner.data_parallel_size):
+        row_counts = sorted({value.shape[0] for value in batch.values()})
+        if len(row_counts) > 1 and self.num_microbatches > 1:
             raise UserError(
-                f"batch size {rows} is not divisible by num_microbatches "
-                f"({self.num_microbatches}) x data-parallel size "
-                f"({self.partitioner.data_parallel_size})"
+                f"this batch's decoder rows each hold several encoder rows' targets ({row_counts[-1]} encoder "
+                f"rows, {row_counts[0]} decoder rows), which num_microbatches ({self.num_microbatches}) would "
+                "split apart: pack with decoder_group=1 (distill/batch_packing.py)"
             )
+        for rows in row_counts:
+            self.partitioner.check_batch_size(rows)
+            if rows % (self.num_microbatches * self.partitioner.data_parallel_size):
+                raise UserError(
+                    f"batch size {rows} is not divisible by num_microbatches "
+                    f"({self.num_microbatches}) x data-parallel size "
+                    f"({self.partitioner.data_parallel_size})"
+                )
         return dict(batch)
 
     def _jitted_step(self, kind: str, keys: frozenset[str]):

@@ -138,6 +138,7 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
     import gin
 
     from distill import gin_bindings, input_pipeline, train_feed
+    from distill.batch_packing import decoder_group
     from distill.data import datasets
     from distill.train import train
     from distill.vocab import train_vocabulary_for_dataset
@@ -166,7 +167,8 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
     spec = input_pipeline.TrainDataSpec(
         mixture_or_task_name=macro("%MIXTURE_OR_TASK_NAME"), task_feature_lengths=tuple(sorted(lengths.items())),
         batch_size=batch_size or macro("%BATCH_SIZE"), pack=macro("%PACK"), seed=macro("%SEED"),
-        trim_padding=macro("%TRIM_PADDING") and not macro("%PACK"), pack_batch=macro("%PACK_BATCH"))
+        trim_padding=macro("%TRIM_PADDING") and not macro("%PACK"), pack_batch=macro("%PACK_BATCH"),
+        decoder_group=decoder_group(pack_batch=macro("%PACK_BATCH")))  # as distill train does
     if macro("%TRAIN_FEED") == "inline":
         from distill.tasks import register_tasks
 

@@ -1,5 +1,8 @@
 """Subprocess for test_sharded_training: 3 train steps on several meshes of 8 fake CPU devices.
 
+The last step's batch is re-packed with two encoder rows per decoder row (distill/batch_packing.py,
+decoder_group 2, rows a multiple of 16 so every data-parallel shard holds whole groups).
+
 Usage: python tests/sharded_worker.py OUT_DIR
 Writes OUT_DIR/<mesh name>.npz (flattened final params + per-step losses) and
 OUT_DIR/specs.json (the mesh axes each config's params were sharded over).
@@ -20,11 +23,13 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_helpers import make_batch, tiny_config  # noqa: E402
 
+from distill.batch_packing import pack_batch  # noqa: E402
 from distill.optimizers import make_optimizer  # noqa: E402
 from distill.partitioning import Partitioner, rules_2d  # noqa: E402
 from distill.trainer import Trainer  # noqa: E402
 
 STEPS = 3
+GROUPED = pack_batch(make_batch(STEPS, batch_size=40), row_multiple=8, decoder_group=2)
 
 # name -> (Partitioner kwargs, how the state is made). The 2x4 mesh uses T5X's 2D
 # rules (params split over both axes), 8x1 and 4x2 the default 1D rules. "create" runs the sharded
@@ -66,7 +71,8 @@ def main(out_dir: str) -> None:
             state = trainer.init_from_params(initial_params)
         step_losses = []
         for step in range(STEPS):
-            state, metrics = trainer.train_step(state, make_batch(step, packed=True))
+            batch = make_batch(step, packed=True) if step < STEPS - 1 else GROUPED
+            state, metrics = trainer.train_step(state, batch)
             step_losses.append(float(metrics["loss"]))
         np.savez(os.path.join(out_dir, f"{name}.npz"), losses=np.array(step_losses),
                  **flatten(state.params))

@@ -215,6 +215,34 @@ class DecoderLayer(nn.Module):
         return constrain(x, "batch", "length", "embed")
 
 
+def _group_encoder_rows(
+    encoded: jax.Array, tokens: jax.Array, segment_ids: jax.Array | None, decoder_rows: int
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The encoder's rows laid out as the decoder's: each decoder row's G encoder rows end to end.
+
+    A packed batch may hold G encoder rows' targets in one decoder row (distill/batch_packing.py,
+    `decoder_group`; segment ids numbered across the group): with b encoder rows and n decoder rows,
+    decoder row j attends to encoder rows [j * G, (j + 1) * G), G = ceil(b / n), so [b, li] becomes
+    [n, G * li], the last group completed with padding rows (masked keys) when G does not divide b.
+    Only the cross-attention sees the padding rows: the encoder computes b rows. Equal row counts
+    are returned as they are.
+    """
+    rows, length = tokens.shape
+    if rows == decoder_rows:
+        return encoded, tokens, segment_ids
+    group = -(-rows // decoder_rows)
+    missing = decoder_rows * group - rows
+    if missing >= group or missing < 0:
+        raise ValueError(f"{rows} encoder rows do not group into {decoder_rows} decoder rows")
+
+    def lay_out(x: jax.Array) -> jax.Array:
+        x = jnp.pad(x, [(0, missing)] + [(0, 0)] * (x.ndim - 1)) if missing else x
+        return x.reshape(decoder_rows, group * length, *x.shape[2:])
+
+    encoded = constrain(lay_out(encoded), "batch", "length", "embed")
+    return encoded, lay_out(tokens), None if segment_ids is None else lay_out(segment_ids)
+
+
 def _key_mask(tokens: jax.Array) -> jax.Array:
     """[b, lk] tokens -> [b, 1, 1, lk]: keys that are not padding."""
     return (tokens != 0)[:, None, None, :]
@@ -269,6 +297,8 @@ class Decoder(nn.Module):
         dropout = Dropout(cfg.dropout_rate)
         relpos = _relpos(cfg, bidirectional=False)
         length = decoder_tokens.shape[1]
+        encoded, encoder_tokens, encoder_segment_ids = _group_encoder_rows(
+            encoded, encoder_tokens, encoder_segment_ids, decoder_tokens.shape[0])
 
         position = None
         if decode:
