@@ -13,10 +13,11 @@ so examples per step, data order and resumption are unchanged -- and lays them o
 - first-fit decreasing by input length, a sequence goes where both its input and its target fit;
 - the row count rounded up to a multiple of `row_multiple` (the data-parallel shards; empty rows
   are all padding);
-- with `decoder_group` G > 1, one decoder row holds the targets of G encoder rows: a row's
-  targets vary more than its inputs (SVAMP's labels fill 57% of 48-token target rows), and the
-  sum over G rows varies less, so balanced groups of 2 need about a quarter fewer decoder
-  positions (83% full). Rows are grouped by balancing their target tokens (largest first, into
+- with `decoder_group` G > 1 and short targets (G x the row target capacity at most the row
+  input capacity: labels, not rationales), one decoder row holds the targets of G encoder rows:
+  a row's targets vary more than its inputs (SVAMP's labels fill 57% of 48-token target rows),
+  and the sum over G rows varies less, so balanced groups of 2 need about a quarter fewer decoder
+  positions (82% full). Rows are grouped by balancing their target tokens (largest first, into
   the lightest group) and laid out group by group: decoder row j holds encoder rows
   [j * G, (j + 1) * G), G = ceil(rows / decoder rows), the last group shorter when G does not
   divide the row count; segment ids are numbered across a group. The model lays the group's
@@ -115,9 +116,10 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1,
     Sequences are read up to their last non-padding token (inputs end in EOS, targets too);
     all-padding rows are dropped. Every key of the unpacked format is carried, plus
     encoder/decoder segment ids and positions. `decoder_group` > 1 puts the targets of that
-    many encoder rows in one decoder row (the module docstring; the row count is then a
-    multiple of decoder_group x row_multiple when row_multiple > 1, so no group straddles two
-    data-parallel shards).
+    many encoder rows in one decoder row where decoder_group x the row target capacity is at
+    most the row input capacity (the module docstring; the row count is then a multiple of
+    decoder_group x row_multiple when row_multiple > 1, so no group straddles two data-parallel
+    shards).
     """
     if "encoder_segment_ids" in batch:
         raise ValueError("pack_batch takes unpacked rows; this batch is packed already")
@@ -132,13 +134,16 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1,
     capacity = row_capacities(input_lengths[used], target_lengths[used], input_width=inputs.shape[1],
                               target_width=targets.shape[1])
     rows = assign_rows(input_lengths[used], target_lengths[used], capacity)
-    multiple = row_multiple * decoder_group if row_multiple > 1 else 1
+    # Grouped only while a decoder row stays within an encoder row's width (labels, not rationales):
+    # wider rows would cost more in attention than the positions they save.
+    group = decoder_group if decoder_group * capacity[1] <= capacity[0] else 1
+    multiple = row_multiple * group if row_multiple > 1 else 1
     rows += [[] for _ in range(-len(rows) % multiple)]
     row_targets = [int(sum(target_lengths[used[m]] for m in members)) for members in rows]
-    if decoder_group == 1:
+    if group == 1:
         groups, width = [[row] for row in range(len(rows))], capacity[1]
     else:
-        groups = group_rows(row_targets, -(-len(rows) // decoder_group))
+        groups = group_rows(row_targets, -(-len(rows) // group))
         width = -(-max(sum(row_targets[r] for r in group) for group in groups) // TARGET_STEP) * TARGET_STEP
     packed = {name: np.zeros((len(rows) if name.startswith("encoder") else len(groups),
                               capacity[0] if name.startswith("encoder") else width), np.int32)

@@ -1,7 +1,7 @@
 """Subprocess for test_sharded_training: 3 train steps on several meshes of 8 fake CPU devices.
 
 The last step's batch is re-packed with two encoder rows per decoder row (distill/batch_packing.py,
-decoder_group 2, rows a multiple of 16 so every data-parallel shard holds whole groups).
+decoder_group 2: 32 encoder rows, 16 decoder rows, so every data-parallel shard holds whole groups).
 
 Usage: python tests/sharded_worker.py OUT_DIR
 Writes OUT_DIR/<mesh name>.npz (flattened final params + per-step losses) and
@@ -29,7 +29,8 @@ from distill.partitioning import Partitioner, rules_2d  # noqa: E402
 from distill.trainer import Trainer  # noqa: E402
 
 STEPS = 3
-GROUPED = pack_batch(make_batch(STEPS, batch_size=40), row_multiple=8, decoder_group=2)
+GROUPED = pack_batch(make_batch(STEPS, batch_size=40, input_length=32, target_length=8), row_multiple=8,
+                     decoder_group=2)
 
 # name -> (Partitioner kwargs, how the state is made). The 2x4 mesh uses T5X's 2D
 # rules (params split over both axes), 8x1 and 4x2 the default 1D rules. "create" runs the sharded

@@ -13,9 +13,10 @@ from distill.trainer import Trainer
 from trainer_helpers import FAST_COMPILE, make_batch, tiny_config
 
 
-def _unpacked(seed: int, rows: int = 16) -> dict[str, np.ndarray]:
-    """Unpacked rows of varied lengths, padded out to wide columns as seqio pads them (64 / 48)."""
-    batch = make_batch(seed, batch_size=rows, input_length=24, target_length=16)
+def _unpacked(seed: int, rows: int = 16, target_length: int = 16) -> dict[str, np.ndarray]:
+    """Unpacked rows of varied lengths, padded out to wide columns as seqio pads them (64 / 48);
+    targets up to 16 tokens are label-like (decoder rows get grouped), 48 rationale-like."""
+    batch = make_batch(seed, batch_size=rows, input_length=60, target_length=target_length)
     return {name: np.pad(value, ((0, 0), (0, (64 if name.startswith("encoder") else 48) - value.shape[1])))
             for name, value in batch.items()}
 
@@ -71,16 +72,34 @@ def test_every_sequence_once_with_segments_and_positions(row_multiple, decoder_g
         pack_batch(packed)
 
 
+def _label_like(seed: int, rows: int = 64) -> dict[str, np.ndarray]:
+    """Unpacked rows shaped like SVAMP's label task: inputs of 20-80 tokens, targets of 3-25, in 128/64 columns."""
+    rng = np.random.default_rng(seed)
+    batch = {name: np.zeros((rows, 128 if name.startswith("encoder") else 64), np.int32)
+             for name in ("encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens",
+                          "decoder_loss_weights", "decoder_task_ids")}
+    for row in range(rows):
+        inputs, targets = rng.integers(20, 81), rng.integers(3, 26)
+        batch["encoder_input_tokens"][row, :inputs] = rng.integers(2, 64, inputs)
+        batch["decoder_target_tokens"][row, :targets] = rng.integers(2, 64, targets)
+        batch["decoder_input_tokens"][row, 1:targets] = batch["decoder_target_tokens"][row, :targets - 1]
+        batch["decoder_loss_weights"][row, :targets] = 1
+    return batch
+
+
 def test_decoder_groups_balance_targets_into_fewer_positions():
     """Groups of two rows need fewer decoder positions than one row each (targets vary less over two rows)."""
-    batch = _unpacked(5, rows=64)
+    batch = _label_like(5)
     single, grouped = pack_batch(batch), pack_batch(batch, decoder_group=2)
     assert grouped["decoder_target_tokens"].size < 0.85 * single["decoder_target_tokens"].size
+    long_targets = _unpacked(5, rows=64, target_length=48)  # two rows' would be wider than an encoder row
+    assert pack_batch(long_targets, decoder_group=2)["decoder_target_tokens"].shape == (
+        pack_batch(long_targets)["decoder_target_tokens"].shape)
     assert group_rows([5, 1, 4, 2, 3], 3) == [[0, 1], [2, 3], [4]]  # 5+1, 4+2, 3: largest first, lightest group
     assert group_rows([1, 1, 1], 1) == [[0, 1, 2]]
 
 
-@pytest.mark.parametrize("decoder_group", [1, 2, 3])  # 10 rows: 3 groups of 3 and 1 of 1 for decoder_group 3
+@pytest.mark.parametrize("decoder_group", [1, 2, 3])  # 9 rows: groups of 2, 2, 2, 2, 1 for decoder_group 2
 def test_packed_batch_has_the_unpacked_loss_and_gradients(decoder_group):
     """SGD(lr=1): the parameter update is the gradient; packed and unpacked give the same one."""
     trainer = Trainer(config=tiny_config(), optimizer=optax.sgd(1.0),
