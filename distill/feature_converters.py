@@ -27,7 +27,10 @@ Packed example (task feature lengths inputs 10, targets 7):
 
 Unpacked rows have only the first four keys and `decoder_task_ids`. All
 features are int32; padding is 0 everywhere (so padding has task id 0 but
-loss weight 0: always combine the two).
+loss weight 0: always combine the two). Batches re-packed by
+distill/batch_packing.py (PACK_BATCH) may have fewer decoder rows than encoder
+rows: decoder row j then holds the targets of encoder rows [j * G, (j + 1) * G),
+G = ceil(encoder rows / decoder rows), segment ids numbered across those rows.
 """
 from __future__ import annotations
 
