@@ -136,15 +136,15 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1,
     rows = assign_rows(input_lengths[used], target_lengths[used], capacity)
     # Grouped only while a decoder row stays within an encoder row's width (labels, not rationales):
     # wider rows would cost more in attention than the positions they save.
-    group = decoder_group if decoder_group * capacity[1] <= capacity[0] else 1
-    multiple = row_multiple * group if row_multiple > 1 else 1
+    group_size = decoder_group if decoder_group * capacity[1] <= capacity[0] else 1
+    multiple = row_multiple * group_size if row_multiple > 1 else 1
     rows += [[] for _ in range(-len(rows) % multiple)]
     row_targets = [int(sum(target_lengths[used[m]] for m in members)) for members in rows]
-    if group == 1:
+    if group_size == 1:
         groups, width = [[row] for row in range(len(rows))], capacity[1]
     else:
-        groups = group_rows(row_targets, -(-len(rows) // group))
-        width = -(-max(sum(row_targets[r] for r in group) for group in groups) // TARGET_STEP) * TARGET_STEP
+        groups = group_rows(row_targets, -(-len(rows) // group_size))
+        width = -(-max(sum(row_targets[r] for r in g) for g in groups) // TARGET_STEP) * TARGET_STEP
     packed = {name: np.zeros((len(rows) if name.startswith("encoder") else len(groups),
                               capacity[0] if name.startswith("encoder") else width), np.int32)
               for name in (*batch.keys(), *PACKING_FEATURES)}

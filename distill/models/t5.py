@@ -297,8 +297,9 @@ class Decoder(nn.Module):
         dropout = Dropout(cfg.dropout_rate)
         relpos = _relpos(cfg, bidirectional=False)
         length = decoder_tokens.shape[1]
-        encoded, encoder_tokens, encoder_segment_ids = _group_encoder_rows(
-            encoded, encoder_tokens, encoder_segment_ids, decoder_tokens.shape[0])
+        if not decode:  # (a decode step's rows may be beams of fewer encoder rows: distill/decoding.py)
+            encoded, encoder_tokens, encoder_segment_ids = _group_encoder_rows(
+                encoded, encoder_tokens, encoder_segment_ids, decoder_tokens.shape[0])
 
         position = None
         if decode:
