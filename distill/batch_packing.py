@@ -139,10 +139,10 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, row_multiple: int = 1,
     group_size = decoder_group if decoder_group * capacity[1] <= capacity[0] else 1
     multiple = row_multiple * group_size if row_multiple > 1 else 1
     rows += [[] for _ in range(-len(rows) % multiple)]
-    row_targets = [int(sum(target_lengths[used[m]] for m in members)) for members in rows]
     if group_size == 1:
         groups, width = [[row] for row in range(len(rows))], capacity[1]
     else:
+        row_targets = [int(sum(target_lengths[used[m]] for m in members)) for members in rows]
         groups = group_rows(row_targets, -(-len(rows) // group_size))
         width = -(-max(sum(row_targets[r] for r in g) for g in groups) // TARGET_STEP) * TARGET_STEP
     packed = {name: np.zeros((len(rows) if name.startswith("encoder") else len(groups),

@@ -232,7 +232,7 @@ def _group_encoder_rows(
         return encoded, tokens, segment_ids
     group = -(-rows // decoder_rows)
     missing = decoder_rows * group - rows
-    if missing >= group or missing < 0:
+    if missing >= group:
         raise ValueError(f"{rows} encoder rows do not group into {decoder_rows} decoder rows")
 
     def lay_out(x: jax.Array) -> jax.Array:
