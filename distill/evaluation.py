@@ -114,12 +114,15 @@ class Evaluator:
 
         s = self.settings
         # Every split in one decode: its batches are sorted by length over all the splits, so
-        # there are fewer batches, and fewer batch shapes to compile, than split by split.
+        # there are fewer batches, and fewer batch shapes to compile, than split by split. Each
+        # batch keeps its own shape (merge_shapes=False): every evaluation decodes the same inputs
+        # with the programs the first one compiled, so padding them to fewer shapes would cost
+        # at every evaluation and save only at the first.
         start = time.perf_counter()
         decoded = iter(decode_ids(config, params, self.vocabulary,
                                   [e.input_ids for examples in self._splits.values() for e in examples],
                                   batch_size=s.batch_size, max_input_length=s.max_input_length, method=s.method,
-                                  num_beams=s.num_beams, max_decode_length=s.max_decode_length))
+                                  num_beams=s.num_beams, max_decode_length=s.max_decode_length, merge_shapes=False))
         seconds = round(time.perf_counter() - start, 3)
         results: dict[str, dict[str, float]] = {}
         for split, examples in self._splits.items():
@@ -134,7 +137,7 @@ class Evaluator:
         if self._rationales is not None:
             rationales = decode_ids(config, params, self.vocabulary, [e.input_ids for e in self._rationales],
                                     batch_size=s.batch_size, max_input_length=s.max_input_length,
-                                    max_decode_length=s.rationale_max_decode_length)
+                                    max_decode_length=s.rationale_max_decode_length, merge_shapes=False)
             self._write_predictions(f"rationales_step{step}.jsonl", self._rationales, rationales)
         self.metrics = with_step_results(self.metrics, step=step, results=results, dataset=self.dataset,
                                          task=self.label_task, baseline=baseline)

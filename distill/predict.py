@@ -241,17 +241,24 @@ def _bucket(n: int, limit: int, smallest: int) -> int:
 MIN_BATCHES_PER_WIDTH = 4
 
 
-def batch_shapes(lengths: Sequence[int], batch_size: int, max_input_length: int) -> list[tuple[int, int]]:
+def batch_shapes(lengths: Sequence[int], batch_size: int, max_input_length: int, *,
+                 merge: bool = True) -> list[tuple[int, int]]:
     """(rows, columns) of each batch when `lengths` (ascending) are taken `batch_size` at a time.
 
-    Columns: the power-of-two bucket of the batch's longest input (at least 8, at most
-    max_input_length); a bucket fewer than MIN_BATCHES_PER_WIDTH batches need moves up to the
-    next bucket in use when that is at most twice as wide, so a long list compiles few programs.
-    Rows: batch_size, except a call's last, shorter batch, which keeps its power-of-two bucket
-    when no full batch shares its columns (one input decodes as one row, not batch_size).
+    Each batch's own shape: columns the power-of-two bucket of its longest input (at least 8,
+    at most max_input_length), rows batch_size or, for a shorter last batch, its power-of-two
+    bucket. With `merge` (one-off decodes such as `distill predict`, where compiling dominates):
+    a width fewer than MIN_BATCHES_PER_WIDTH batches need moves up to the next width in use when
+    that is at most twice as wide, and a shorter last batch fills its rows where a full batch
+    shares its columns. Without it (the same inputs decoded again and again, as the evaluations
+    during training do: each program compiles once, padding would cost every time) every batch
+    keeps its own shape.
     """
     chunks = [lengths[start:start + batch_size] for start in range(0, len(lengths), batch_size)]
     needed = [_bucket(max(chunk), max_input_length, 8) for chunk in chunks]
+    own_rows = [_bucket(len(chunk), batch_size, 1) for chunk in chunks]
+    if not merge:
+        return list(zip(own_rows, needed))
     widths = sorted(set(needed))
     target = {width: width for width in widths}
     for narrow, wide in zip(widths, widths[1:]):
@@ -262,8 +269,7 @@ def batch_shapes(lengths: Sequence[int], batch_size: int, max_input_length: int)
                 target[width] = wide
     columns = [target[width] for width in needed]
     full_widths = {width for chunk, width in zip(chunks, columns) if len(chunk) == batch_size}
-    return [(batch_size if len(chunk) == batch_size or width in full_widths else _bucket(len(chunk), batch_size, 1),
-             width) for chunk, width in zip(chunks, columns)]
+    return [(batch_size if width in full_widths else rows, width) for rows, width in zip(own_rows, columns)]
 
 
 def decode_texts(
@@ -298,14 +304,16 @@ def decode_ids(
     num_beams: int = 4,
     max_decode_length: int = 64,
     length_penalty: float = 1.0,
+    merge_shapes: bool = True,
     **sampling: Any,
 ) -> list[str]:
     """Predictions for already tokenized inputs (with or without a final EOS), in order.
 
     Each input is cut to max_input_length - 1 tokens and given EOS (as seqio
     and HF do for T5 inputs). Inputs are sorted by length and batched; the batch
-    shapes come from `batch_shapes` (powers of two, rarely needed widths merged
-    up), so a call compiles a few programs and repeated calls reuse them.
+    shapes come from `batch_shapes` (powers of two; with `merge_shapes`, rarely
+    needed widths merged up), so a call compiles a few programs and repeated calls
+    reuse them.
     `sampling` (rng, temperature, top_k, top_p) goes to `predict_batch`.
     """
     if batch_size < 1 or max_input_length < 2:
@@ -315,7 +323,7 @@ def decode_ids(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     predictions: list[str] = [""] * len(encoded)
     params = decoding_params(config, params)
-    shapes = batch_shapes([len(encoded[i]) for i in order], batch_size, max_input_length)
+    shapes = batch_shapes([len(encoded[i]) for i in order], batch_size, max_input_length, merge=merge_shapes)
     for start, (rows, columns) in zip(range(0, len(order), batch_size), shapes):
         chunk = order[start:start + batch_size]
         batch = np.full((rows, columns), pad, np.int32)

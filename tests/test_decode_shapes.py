@@ -33,6 +33,13 @@ def test_a_short_last_batch_keeps_its_rows_when_no_full_batch_shares_its_width()
     assert batch_shapes([300] * 3, 32, 256) == [(4, 256)]  # capped at max_input_length
 
 
+def test_without_merging_every_batch_keeps_its_own_shape():
+    lengths = [20] * 32 + [50] * (28 * 32) + [100] * 72
+    assert collections.Counter(batch_shapes(lengths, 32, 256, merge=False)) == {
+        (32, 32): 1, (32, 64): 28, (32, 128): 2, (8, 128): 1}
+    assert batch_shapes([5] * 64 + [20], 32, 512, merge=False) == [(32, 8), (32, 8), (1, 32)]
+
+
 def test_decode_ids_compiles_the_planned_shapes_and_predicts_what_one_input_at_a_time_does(monkeypatch):
     import jax
     import numpy as np
@@ -58,6 +65,10 @@ def test_decode_ids_compiles_the_planned_shapes_and_predicts_what_one_input_at_a
     alone = [predict.decode_ids(config, params, _IdsVocabulary(), [ids], batch_size=4, max_decode_length=5)[0]
              for ids in inputs]
     assert together == alone
+    shapes.clear()
+    assert predict.decode_ids(config, params, _IdsVocabulary(), inputs, batch_size=4, max_decode_length=5,
+                              merge_shapes=False) == alone
+    assert shapes == [(4, 8)] + [(4, 16)] * 4 + [(4, 32)]
 
 
 class _IdsVocabulary:
