@@ -79,3 +79,16 @@ def test_auto_matmul_dtype_is_bfloat16_only_where_the_cpu_multiplies_it(tmp_path
     assert quickstart.choose_matmul_dtype("auto", str(cpuinfo)) == ("bfloat16" if native else "float32")
     assert quickstart.choose_matmul_dtype("float32", str(cpuinfo)) == "float32"
     assert cpu.native_bfloat16(str(tmp_path / "missing")) is False
+    note = cpu.emulated_bfloat16_note("bfloat16", "cpu", str(cpuinfo))
+    assert (note is None) is native
+    if note:
+        assert note.startswith("note: bfloat16 products") and "--matmul-dtype float32" in note
+    assert cpu.emulated_bfloat16_note("float32", "cpu", str(cpuinfo)) is None
+    assert cpu.emulated_bfloat16_note("bfloat16", "gpu", str(cpuinfo)) is None
+
+
+def test_no_bfloat16_note_where_the_cpu_is_unknown_or_not_x86(tmp_path):
+    arm = tmp_path / "cpuinfo"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
+    assert cpu.emulated_bfloat16_note("bfloat16", "cpu", str(arm)) is None
+    assert cpu.emulated_bfloat16_note("bfloat16", "cpu", str(tmp_path / "missing")) is None
