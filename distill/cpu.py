@@ -22,15 +22,15 @@ def native_bfloat16(cpuinfo: str = CPUINFO) -> bool:
 
 
 def emulated_bfloat16_note(operand_dtype: str, backend: str, cpuinfo: str = CPUINFO) -> str | None:
-    """A one-line note when the products multiply 16-bit operands on an x86 CPU without bfloat16
+    """A one-line note when the products multiply bfloat16 operands on an x86 CPU without bfloat16
     instructions: XLA converts them there, so they run slower than float32 ones (README.md, "On a
     CPU without bfloat16 instructions": 42 against 60 examples/s). None elsewhere, and where the
     CPU's flags cannot be read."""
     flags = cpu_flags(cpuinfo)
-    if operand_dtype not in ("bfloat16", "float16") or backend != "cpu" or not flags or "avx2" not in flags:
+    if operand_dtype != "bfloat16" or backend != "cpu" or not flags or "avx2" not in flags:
         return None
     if native_bfloat16(cpuinfo):
         return None
-    return (f"note: {operand_dtype} products on this CPU (no avx512_bf16 or AMX in {cpuinfo}) are converted by XLA "
-            f"and run slower than float32 ones; float32 products (T5Config.matmul_dtype = 'float32', "
-            f"--matmul-dtype float32) are faster here")
+    return (f"note: bfloat16 products on this CPU (no avx512_bf16 or AMX in {cpuinfo}) are converted by XLA "
+            "and run slower than float32 ones; float32 products (T5Config.matmul_dtype = 'float32', "
+            "--matmul-dtype float32) are faster here")

@@ -82,7 +82,7 @@ def test_auto_matmul_dtype_is_bfloat16_only_where_the_cpu_multiplies_it(tmp_path
     note = cpu.emulated_bfloat16_note("bfloat16", "cpu", str(cpuinfo))
     assert (note is None) is native
     if note:
-        assert note.startswith("note: bfloat16 products") and "--matmul-dtype float32" in note
+        assert note.startswith("note: bfloat16 products") and str(cpuinfo) in note and "--matmul-dtype float32" in note
     assert cpu.emulated_bfloat16_note("float32", "cpu", str(cpuinfo)) is None
     assert cpu.emulated_bfloat16_note("bfloat16", "gpu", str(cpuinfo)) is None
 
