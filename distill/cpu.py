@@ -1,6 +1,8 @@
 """What this machine's CPU can do, as /proc/cpuinfo lists it (Linux; elsewhere nothing is known)."""
 from __future__ import annotations
 
+import sys
+
 CPUINFO = "/proc/cpuinfo"
 
 
@@ -17,7 +19,10 @@ def cpu_flags(cpuinfo: str = CPUINFO) -> list[str] | None:
 def native_bfloat16(cpuinfo: str = CPUINFO) -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (avx512_bf16 or AMX): there bfloat16 products
     run at up to twice the float32 rate (README.md, "Throughput"); elsewhere XLA emulates them, slower."""
-    flags = cpu_flags(cpuinfo) or []
+    return _multiplies_bfloat16(cpu_flags(cpuinfo) or [])
+
+
+def _multiplies_bfloat16(flags: list[str]) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -29,8 +34,18 @@ def emulated_bfloat16_note(operand_dtype: str, backend: str, cpuinfo: str = CPUI
     flags = cpu_flags(cpuinfo)
     if operand_dtype != "bfloat16" or backend != "cpu" or not flags or "avx2" not in flags:
         return None
-    if native_bfloat16(cpuinfo):
+    if _multiplies_bfloat16(flags):
         return None
     return (f"note: bfloat16 products on this CPU (no avx512_bf16 or AMX in {cpuinfo}) are converted by XLA "
             "and run slower than float32 ones; float32 products (T5Config.matmul_dtype = 'float32', "
             "--matmul-dtype float32) are faster here")
+
+
+def print_emulated_bfloat16_note(operand_dtype: str) -> None:
+    """Prints `emulated_bfloat16_note` for jax's default backend to stderr, if there is one
+    (`distill train` and `distill predict`, once at start-up)."""
+    import jax
+
+    note = emulated_bfloat16_note(operand_dtype, jax.default_backend())
+    if note:
+        print(note, file=sys.stderr, flush=True)

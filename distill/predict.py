@@ -33,7 +33,7 @@ from flax import linen as nn
 
 from distill import decoding
 from distill.compilation_cache import enable_user_compilation_cache
-from distill.cpu import emulated_bfloat16_note
+from distill.cpu import print_emulated_bfloat16_note
 from distill.xla_flags import single_threaded_eigen
 from distill.errors import UserError
 from distill.jsonl import read_jsonl, write_jsonl
@@ -417,9 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = load_trained(args.checkpoint, require_tokenizer=True)
     config, params, vocabulary = trained.config, trained.params, trained.tokenizer()
     config = with_matmul_dtype(config, args.matmul_dtype)
-    note = emulated_bfloat16_note(config.matmul_operand_dtype.name, jax.default_backend())
-    if note:
-        print(note, file=sys.stderr)
+    print_emulated_bfloat16_note(config.matmul_operand_dtype.name)
     prefix = TASK_PREFIXES[args.task]
     predictions = decode_texts(
         config, params, vocabulary, [prefix + record["input"] for record in records],

@@ -129,7 +129,7 @@ def train(
 
     from distill import batch_packing, checkpointing, flops, input_pipeline, train_feed
     from distill.atomic import write_atomically
-    from distill.cpu import emulated_bfloat16_note
+    from distill.cpu import print_emulated_bfloat16_note
     from distill.data.datasets import resolve_data_dir
     from distill.evaluation import EvalSettings, Evaluator, example_requests
     from distill.metric_writer import MetricWriter
@@ -189,9 +189,7 @@ def train(
     label_task, rationale_task = _eval_tasks(mixture_or_task_name, names)
 
     # ------------------------------------------------------- model and state
-    note = emulated_bfloat16_note(model_config.matmul_operand_dtype.name, jax.default_backend())
-    if note:
-        print(note, file=sys.stderr, flush=True)
+    print_emulated_bfloat16_note(model_config.matmul_operand_dtype.name)
     trainer = Trainer(config=model_config, optimizer=optimizer, partitioner=partitioner, alpha=alpha,
                       label_smoothing=label_smoothing, z_loss=z_loss, num_microbatches=num_microbatches,
                       seed=seed)
