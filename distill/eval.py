@@ -5,7 +5,7 @@
     python -m distill.eval --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH="'runs/svamp_tiny'"
 
 Everything the run was trained with (dataset, data dir, train fraction,
-tasks, vocabulary, model config) comes from the model dir's run.json, so
+tasks and their prefixes, vocabulary, model config) comes from the model dir's run.json, so
 the only required input is the checkpoint; the evaluation is the one
 training runs (distill.evaluation): predictions/<split>_step<N>.jsonl and
 metrics.json in the model dir (or OUTPUT_DIR).
@@ -48,7 +48,8 @@ def load_run(checkpoint_path: str, *, data_dir: str | None = None) -> tuple["Tra
     recorded = info.get("data_dir")
     chosen = data_dir or (recorded if recorded and os.path.isdir(recorded) else None)
     register_tasks(dataset=info["dataset"], data_dir=resolve_data_dir(chosen, dataset=info["dataset"]),
-                   vocabulary=vocabulary, train_fraction=info.get("train_fraction", 1.0))
+                   vocabulary=vocabulary, train_fraction=info.get("train_fraction", 1.0),
+                   label_prefix=trained.task_prefixes["label"], rationale_prefix=trained.task_prefixes["rationale"])
     return trained, vocabulary
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import sys
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol, Sequence
 
 import jax
@@ -40,7 +41,14 @@ from distill.jsonl import read_jsonl, write_jsonl
 from distill.models.t5 import T5, T5Config, init_cache
 from distill.run_dir import load_trained
 
-TASK_PREFIXES = {"label": "[label] ", "rationale": "[rationale] ", "none": ""}
+# --task: which of the model's task prefixes (distill/task_prefixes.py, as the run recorded them) goes
+# before each input; "none" sends the inputs as they are.
+TASKS = ("label", "rationale", "none")
+
+
+def task_input_prefix(task_prefixes: Mapping[str, str], task: str) -> str:
+    """The text `distill predict` / `distill serve` put before each input for `--task`."""
+    return "" if task == "none" else task_prefixes[task]
 METHODS = ("greedy", "beam", "sample")
 # Bounds on the CLI's sizes: each scales the KV cache and the compiled program (1e9 would exhaust memory).
 MAX_LENGTH, MAX_BATCH_SIZE, MAX_BEAMS = 1 << 14, 4096, 64
@@ -385,8 +393,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--input", help="one input text; the prediction is printed")
     source.add_argument("--input-file", help='JSONL file of {"input": ...} records')
     parser.add_argument("--output-file", help="JSONL output: the input records with a \"prediction\" field added")
-    parser.add_argument("--task", choices=sorted(TASK_PREFIXES), default="label",
-                        help='prefix added to each input: "[label] ", "[rationale] ", or none (default: label)')
+    parser.add_argument("--task", choices=TASKS, default="label", help=(
+        "the task prefix put before each input, as the model was trained with it (run.json or the export's "
+        'config.json; by default "[label] " and "[rationale] "), or none (default: label)'))
     parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
     parser.add_argument("--num-beams", type=int, default=4)
     parser.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length**penalty")
@@ -418,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     config, params, vocabulary = trained.config, trained.params, trained.tokenizer()
     config = with_matmul_dtype(config, args.matmul_dtype)
     print_emulated_bfloat16_note(config.matmul_operand_dtype.name)
-    prefix = TASK_PREFIXES[args.task]
+    prefix = task_input_prefix(trained.task_prefixes, args.task)
     predictions = decode_texts(
         config, params, vocabulary, [prefix + record["input"] for record in records],
         batch_size=args.batch_size, max_input_length=args.max_input_length,

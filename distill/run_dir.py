@@ -4,8 +4,8 @@
 sweep read it. Every one of them goes through this module, so the layout
 has one owner:
 
-    <model_dir>/run.json                 what the run was trained with (dataset, tasks,
-                                         lengths, vocabulary, T5Config): `read_run`/`write_run`
+    <model_dir>/run.json                 what the run was trained with (dataset, tasks, task
+                                         prefixes, lengths, vocabulary, T5Config): `read_run`/`write_run`
     <model_dir>/metrics.json             evaluations per step (distill/evaluation.py's content):
                                          `read_metrics`/`write_metrics`
     <model_dir>/checkpoints/<step>/      orbax checkpoints (distill/checkpointing.py)
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from distill.atomic import write_atomically
 from distill.errors import UserError
 from distill.jsonl import parse_json
+from distill.task_prefixes import TASK_PREFIXES, recorded_prefixes
 
 if TYPE_CHECKING:
     import sentencepiece as spm
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from distill.models.t5 import T5Config
 
 RUN_FILE = "run.json"
+TASK_PREFIXES_KEY = "task_prefixes"  # run.json: {"label": ..., "rationale": ...} (distill/task_specs.py)
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.gin"
 VOCAB_FILE = os.path.join("vocab", "spm.model")
@@ -165,6 +167,8 @@ class Trained:
 
     model_dir/step are None for a Hugging Face folder; run_info is {} there.
     tokenizer_path is the SentencePiece file (None when the run has none).
+    task_prefixes: what the model learned to see before each task's inputs
+    (distill/task_specs.py), from run.json or an export's config.json.
     """
 
     config: "T5Config"
@@ -174,6 +178,7 @@ class Trained:
     step: int | None = None
     run_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str = ""
+    task_prefixes: dict[str, str] = dataclasses.field(default_factory=lambda: dict(TASK_PREFIXES))
 
     def tokenizer(self) -> "spm.SentencePieceProcessor":
         """The SentencePiece processor, checked against the model's embedding rows."""
@@ -208,15 +213,16 @@ def load_trained(path: str, *, param_dtype: str | None = None, require_tokenizer
         return Trained(config=config, params=params, tokenizer_path=tokenizer, model_dir=model_dir, step=step,
                        source=path)
     if os.path.isdir(path) and is_hf_dir(path):
-        from distill.models.hf_checkpoints import load_hf_checkpoint
+        from distill.models.hf_checkpoints import load_hf_checkpoint, read_hf_config, task_prefixes_from_hf
 
         tokenizer = os.path.join(path, HF_TOKENIZER_FILE)
         if require_tokenizer and not os.path.isfile(tokenizer):
             raise UserError(f"no SentencePiece tokenizer in {path}: expected {tokenizer} "
                             "(copy the model's spiece.model there)")
+        prefixes = task_prefixes_from_hf(read_hf_config(path), os.path.join(path, HF_CONFIG_FILE))
         config, params = load_hf_checkpoint(path, param_dtype=param_dtype)
         return Trained(config=config, params=params, tokenizer_path=tokenizer if os.path.isfile(tokenizer) else None,
-                       source=path)
+                       source=path, task_prefixes=prefixes)
     from flax import linen as nn
 
     from distill import checkpointing
@@ -227,7 +233,9 @@ def load_trained(path: str, *, param_dtype: str | None = None, require_tokenizer
     run_info = read_run(model_dir)
     config = run_model_config(model_dir, run_info)
     trained = Trained(config=config, params=None, tokenizer_path=vocabulary_file(model_dir, run_info),
-                      model_dir=model_dir, step=step, run_info=run_info, source=path)
+                      model_dir=model_dir, step=step, run_info=run_info, source=path,
+                      task_prefixes=recorded_prefixes(run_info.get(TASK_PREFIXES_KEY),
+                                                      os.path.join(model_dir, RUN_FILE)))
     if require_tokenizer:
         trained.tokenizer()
     boxed = abstract_params(config)

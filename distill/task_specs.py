@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from distill.losses import LABEL_TASK, RATIONALE_TASK
+from distill.task_prefixes import TASK_PREFIXES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,8 @@ class MixtureConfig:
     task_suffixes: tuple[str, ...]
 
 
-def task_configs(label_prefix: str = "[label] ", rationale_prefix: str = "[rationale] ") -> tuple[TaskConfig, ...]:
+def task_configs(label_prefix: str = TASK_PREFIXES["label"],
+                 rationale_prefix: str = TASK_PREFIXES["rationale"]) -> tuple[TaskConfig, ...]:
     """The three tasks of the method (see distill/tasks.py's docstring)."""
     return (
         TaskConfig("label_gt", LABEL_TASK, label_prefix, "label", "label", with_metrics=True),
@@ -55,3 +57,4 @@ MIXTURES = (
 def task_and_mixture_names(prefix: str) -> list[str]:
     """Every name `register_tasks` registers for a prefix: the tasks, then the mixtures."""
     return [f"{prefix}_{config.suffix}" for config in (*task_configs(), *MIXTURES)]
+

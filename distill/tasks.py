@@ -54,6 +54,7 @@ from distill.data import tfds_builder
 from distill.errors import UserError
 from distill.feature_converters import TASK_ID_FEATURE
 from distill.metrics import strip_whitespace
+from distill.task_prefixes import TASK_PREFIXES, checked_prefixes
 from distill.task_specs import MIXTURES, TaskConfig, task_configs
 
 logger = logging.getLogger(__name__)
@@ -231,12 +232,12 @@ def _as_vocabulary(vocabulary: seqio.Vocabulary | str) -> seqio.Vocabulary:
 
 
 def register_tasks(*, dataset: str, data_dir: str, vocabulary: seqio.Vocabulary | str, train_fraction: float = 1.0,
-                   label_prefix: str = "[label] ", rationale_prefix: str = "[rationale] ",
+                   label_prefix: str = TASK_PREFIXES["label"], rationale_prefix: str = TASK_PREFIXES["rationale"],
                    name_prefix: str | None = None, tfds_dir: str | None = None) -> list[str]:
     """Register the label/rationale tasks and step-by-step mixtures of one dataset.
 
     Reads no data: sources load on first use. Re-registering a name replaces
-    it. `vocabulary` is a seqio vocabulary or a path for `distill.vocab.load_vocabulary`.
+    it. The prefixes go before every input of the label and rationale tasks. `vocabulary` is a seqio vocabulary or a path for `distill.vocab.load_vocabulary`.
     With `tfds_dir`, reads `<tfds_dir>/distill_<dataset>/` (for `jsonl`:
     `distill_<name_prefix>`) prepared by `distill data build`.
     Returns the task names, then the mixture names.
@@ -249,6 +250,7 @@ def register_tasks(*, dataset: str, data_dir: str, vocabulary: seqio.Vocabulary 
         raise UserError(f"data dir {data_dir!r} does not exist; pass the folder holding the {dataset} files")
     if not 0.0 < train_fraction <= 1.0:
         raise UserError(f"train_fraction {train_fraction} must be in (0, 1]")
+    checked_prefixes(label_prefix, rationale_prefix)
     prefix = name_prefix or dataset
     if not _VALID_PREFIX.match(prefix):
         raise UserError(f"task name prefix {prefix!r} may hold only letters, digits, '_', '.' and ':'")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill import run_dir
 from distill.errors import UserError
+from distill.task_prefixes import TASK_PREFIXES, checked_prefixes, recorded_prefixes
 
 if TYPE_CHECKING:
     import optax
@@ -55,6 +56,8 @@ def train(
     z_loss: float = 0.0,
     num_microbatches: int = 1,
     train_fraction: float = 1.0,
+    label_prefix: str = TASK_PREFIXES["label"],
+    rationale_prefix: str = TASK_PREFIXES["rationale"],
     data_dir: str | None = None,
     tfds_dir: str | None = None,
     vocabulary_path: str | None = None,
@@ -95,6 +98,9 @@ def train(
       partitioner: distill.partitioning.Partitioner (default: 1 model partition).
       learning_rate_fn: step -> lr, only for logging.
       alpha [ALPHA]: label-task weight (1.0 = label task only).
+      label_prefix [LABEL_PREFIX], rationale_prefix [RATIONALE_PREFIX]: the text before each input
+        of the label / rationale task (distill/task_prefixes.py), recorded in run.json for
+        evaluation, `distill predict`, `distill serve` and `distill export`.
       train_fraction [TRAIN_FRACTION], data_dir [DATA_DIR] (None: $DISTILL_DATA_DIR),
       tfds_dir: read the TFDS datasets `distill data build` prepared there.
       vocabulary_path [VOCABULARY_PATH]: None = the initial HF checkpoint's
@@ -153,6 +159,7 @@ def train(
         raise UserError(f"TRAIN_FEED={feed!r} must be one of {', '.join(map(repr, train_feed.FEEDS))}")
     if not 0.0 < train_fraction <= 1.0:
         raise UserError(f"TRAIN_FRACTION={train_fraction!r} must be in (0, 1]")
+    prefixes = checked_prefixes(label_prefix, rationale_prefix)
     data_dir = resolve_data_dir(data_dir, dataset=dataset)
     partitioner = partitioner if partitioner is not None else Partitioner()
     partitioner.check_batch_size(batch_size)
@@ -167,6 +174,10 @@ def train(
     run_info = run_dir.read_run(model_dir)
     if run_info:
         _check_same_shapes(model_config, run_info.get("model_config", {}), f"{model_dir} holds a run with")
+        recorded = recorded_prefixes(run_info.get(run_dir.TASK_PREFIXES_KEY), os.path.join(model_dir, run_dir.RUN_FILE))
+        if recorded != prefixes:
+            raise UserError(f"{model_dir} holds a run trained with task prefixes {recorded}, not {prefixes}: set "
+                            "LABEL_PREFIX and RATIONALE_PREFIX as it had them, or choose a new MODEL_DIR")
     initial = _inspect_initial_checkpoint(initial_checkpoint_path, model_config)
 
     # -------------------------------------------------------- vocab and tasks
@@ -185,7 +196,7 @@ def train(
         from distill.tasks import register_tasks
 
         register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocab_path, train_fraction=train_fraction,
-                       tfds_dir=tfds_dir)
+                       tfds_dir=tfds_dir, label_prefix=prefixes["label"], rationale_prefix=prefixes["rationale"])
     label_task, rationale_task = _eval_tasks(mixture_or_task_name, names)
 
     # ------------------------------------------------------- model and state
@@ -209,7 +220,7 @@ def train(
         run_dir.write_run(model_dir, {
             "dataset": dataset, "data_dir": os.path.abspath(data_dir), "train_fraction": train_fraction,
             "mixture_or_task_name": mixture_or_task_name, "label_task": label_task,
-            "rationale_task": rationale_task, "task_feature_lengths": lengths,
+            "rationale_task": rationale_task, run_dir.TASK_PREFIXES_KEY: prefixes, "task_feature_lengths": lengths,
             "vocabulary_path": os.path.abspath(vocab_path), "model_config": _config_dict(model_config),
         })
         if config_text:
@@ -244,7 +255,8 @@ def train(
     if feed == "process":  # the state is built and the step compiled while the child writes (two cores busy)
         fed = train_feed.TrainFeed(_feed_root(model_dir), data_spec, train_feed.FeedSource(
             dataset=dataset, data_dir=os.path.abspath(data_dir), vocabulary_path=os.path.abspath(vocab_path),
-            train_fraction=train_fraction, tfds_dir=tfds_dir))
+            train_fraction=train_fraction, tfds_dir=tfds_dir, label_prefix=prefixes["label"],
+            rationale_prefix=prefixes["rationale"]))
         state, position, step = fed.prepare(
             0, min(train_steps, train_feed.AHEAD_BATCHES),
             [train_feed.EvalRequest(*request) for request in example_requests(label_task, rationale_task, eval_settings)],

@@ -20,7 +20,7 @@ resume are those of `TRAIN_FEED = 'inline'` (tests/test_train_feed.py).
     <feed dir>/<key>/eval/<task>.<split>.<count>.jsonl   {"input", "input_ids", "target"} per example
     <feed dir>/<key>/writer.log            the child's output (read back when it fails)
 
-`<key>` hashes the data spec, the task source and the size and mtime of the
+`<key>` hashes the data spec, the task source (task prefixes included) and the size and mtime of the
 data, TFDS and vocabulary files, so a changed input is written anew; a
 resumed or extended run writes only the chunks it lacks. Every file appears
 atomically (distill/atomic.py), so a killed writer leaves whole chunks; the
@@ -46,6 +46,7 @@ from distill.atomic import write_atomically
 from distill.errors import UserError
 from distill.input_pipeline import EvalExample, TrainDataSpec, data_state
 from distill.jsonl import jsonl_line, read_jsonl
+from distill.task_prefixes import TASK_PREFIXES
 
 CHUNK_BATCHES = 64
 # Batches written before training starts; a longer run writes the rest in windows as large as what
@@ -64,6 +65,8 @@ class FeedSource:
     vocabulary_path: str
     train_fraction: float = 1.0
     tfds_dir: str | None = None
+    label_prefix: str = TASK_PREFIXES["label"]
+    rationale_prefix: str = TASK_PREFIXES["rationale"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +262,8 @@ def write_feed(request: dict[str, Any]) -> None:
     data["task_feature_lengths"] = tuple(sorted(data["task_feature_lengths"].items()))
     spec = TrainDataSpec(**data)
     register_tasks(dataset=source.dataset, data_dir=source.data_dir, vocabulary=source.vocabulary_path,
-                   train_fraction=source.train_fraction, tfds_dir=source.tfds_dir)
+                   train_fraction=source.train_fraction, tfds_dir=source.tfds_dir, label_prefix=source.label_prefix,
+                   rationale_prefix=source.rationale_prefix)
     feed_dir = request["dir"]
     for item in request["evals"]:
         wanted = EvalRequest(**item)

@@ -155,7 +155,7 @@ def _offline_row(checkpoint: pathlib.Path, args, prompts: list[str]):
 
     trained = load_trained(str(checkpoint), require_tokenizer=True)
     config = predict.with_matmul_dtype(trained.config, args.matmul_dtype)
-    texts = [predict.TASK_PREFIXES["label"] + p for p in prompts]
+    texts = [trained.task_prefixes["label"] + p for p in prompts]
     options = dict(batch_size=args.max_batch_size, max_input_length=args.max_input_tokens,
                    max_decode_length=args.max_new_tokens)
     tokenizer = trained.tokenizer()

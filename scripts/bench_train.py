@@ -9,7 +9,8 @@ steps first, then `--steps` timed steps ending with a device sync):
   # The paper's code's setup (../shared/reference/bench.sh on the same machine, same init and
   # tokenizer): the paper-setting gin files (experiments/svamp/standard_gt.gin or
   # step_by_step_gt.gin) on T5 v1.1 tiny, 32 examples a step, lr 5e-4, dropout 0.1, with
-  # INITIAL_CHECKPOINT_PATH = the reference's tiny-t5 folder (its spiece.model is the vocabulary):
+  # INITIAL_CHECKPOINT_PATH = the reference's tiny-t5 folder (its spiece.model is the vocabulary)
+  # and the paper's code's task prefixes (--prompts distill: ours):
   python scripts/bench_train.py --reference standard --init "$REF/code/models/tiny-t5"
   python scripts/bench_train.py --reference step_by_step --init "$REF/code/models/tiny-t5"
 
@@ -46,6 +47,13 @@ from typing import Any, Iterator
 import numpy as np
 
 MODELS = ("micro", "tiny", "small", "base", "large")
+# --reference --prompts: (LABEL_PREFIX, RATIONALE_PREFIX) per mode. The paper's code feeds standard
+# fine-tuning bare inputs and its step-by-step tasks 'predict: ' / 'explain: ' (run.py, tokenize_function);
+# ours cost 7 tokens each with the reference tokenizer ('[' and ']' are unknown pieces).
+PAPER_PROMPTS = {
+    "standard": {"paper": ("", "explain: "), "distill": ("[label] ", "[rationale] ")},
+    "step_by_step": {"paper": ("predict: ", "explain: "), "distill": ("[label] ", "[rationale] ")},
+}
 MICRO = ["T5Config.d_model = 32", "T5Config.d_kv = 8", "T5Config.d_ff = 64", "T5Config.num_heads = 2",
          "T5Config.num_encoder_layers = 1", "T5Config.num_decoder_layers = 1", "VOCAB_SIZE = 512"]
 
@@ -75,6 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="default: $DISTILL_DATA_DIR")
     parser.add_argument("--init", default=None, help="--reference: the Hugging Face T5 folder to start from "
                                                     "(the paper code's tiny-t5, made by ../shared/reference/bench.sh)")
+    parser.add_argument("--prompts", choices=tuple(PAPER_PROMPTS["standard"]), default="paper", help=(
+        "--reference: the task prefixes; 'paper' (default) those of the paper's code (none for standard, "
+        "'predict: ' / 'explain: ' for step-by-step), so both sides compute the same tokens; 'distill' ours "
+        "('[label] ' / '[rationale] ')"))
     return parser.parse_args(rewrite_gin_args(argv))
 
 
@@ -172,17 +184,20 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
     if macro("%TRAIN_FEED") == "inline":
         from distill.tasks import register_tasks
 
-        register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocab_path, train_fraction=macro("%TRAIN_FRACTION"))
+        register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocab_path, train_fraction=macro("%TRAIN_FRACTION"),
+                       label_prefix=macro("%LABEL_PREFIX"), rationale_prefix=macro("%RATIONALE_PREFIX"))
         return config, optimizer, input_pipeline.TrainData(spec), lengths, initial_params, None
     feed = train_feed.TrainFeed(scratch, spec, train_feed.FeedSource(
         dataset=dataset, data_dir=os.path.abspath(data_dir), vocabulary_path=os.path.abspath(vocab_path),
-        train_fraction=macro("%TRAIN_FRACTION")))
+        train_fraction=macro("%TRAIN_FRACTION"), label_prefix=macro("%LABEL_PREFIX"),
+        rationale_prefix=macro("%RATIONALE_PREFIX")))
     feed.prepare(0, count)
     return config, optimizer, feed.batches(), lengths, initial_params, feed
 
 
-def reference_bindings(mode: str, init: str | None) -> tuple[list[str], list[str]]:
-    """Gin files/bindings of the paper's code's setup (see module docstring): 32 examples a step."""
+def reference_bindings(mode: str, init: str | None, prompts: str = "paper") -> tuple[list[str], list[str]]:
+    """Gin files/bindings of the paper's code's setup (see module docstring): 32 examples a step, the
+    task prefixes of `prompts` (PAPER_PROMPTS)."""
     if not init:
         raise SystemExit("error: --reference needs --init DIR, the paper code's tiny-t5 folder "
                          "(bash ../shared/reference/bench.sh \"$REF\" standard 60 makes $REF/code/models/tiny-t5)")
@@ -190,7 +205,9 @@ def reference_bindings(mode: str, init: str | None) -> tuple[list[str], list[str
     rows = 32 if mode == "standard" else 64  # a step-by-step example is two rows
     return [f"experiments/svamp/{experiment}.gin", "models/t5_1_1_tiny.gin"], [
         f"INITIAL_CHECKPOINT_PATH = '{init}'", "VOCAB_SIZE = 4000", f"BATCH_SIZE = {rows}",
-        "OPTIMIZER = 'adamw'", "LEARNING_RATE = 5e-4", "DROPOUT_RATE = 0.1"]
+        "OPTIMIZER = 'adamw'", "LEARNING_RATE = 5e-4", "DROPOUT_RATE = 0.1",
+        *(f"{macro} = {prefix!r}" for macro, prefix in zip(("LABEL_PREFIX", "RATIONALE_PREFIX"),
+                                                            PAPER_PROMPTS[mode][prompts]))]
 
 
 def model_config(model: str, dtype: str, remat: str, matmul_dtype: str = "") -> Any:
@@ -311,13 +328,13 @@ def main(argv: list[str] | None = None) -> int:
                                         method=args.method)
             label, two_rows = f"synthetic {args.method}, model {args.model}", args.method == "step_by_step"
         else:
-            files, bindings = (reference_bindings(args.reference, args.init) if args.reference
+            files, bindings = (reference_bindings(args.reference, args.init, args.prompts) if args.reference
                                else (args.gin_file, []))
             bindings += [f"T5Config.dtype = '{args.dtype}'", f"T5Config.matmul_dtype = '{args.matmul_dtype or ''}'",
                          f"T5Config.remat_policy = '{args.remat}'"]
             config, optimizer, batches, lengths, initial_params, feed = gin_setup(
                 files, bindings + args.gin_bindings, args.data_dir, args.batch_size, args.warmup + args.steps)
-            label = f"reference {args.reference}" if args.reference else " + ".join(files)
+            label = f"reference {args.reference}, {args.prompts} prompts" if args.reference else " + ".join(files)
             two_rows = "step_by_step" in batches.spec.mixture_or_task_name
         import jax
 

@@ -140,6 +140,52 @@ def test_predict_reads_a_training_run_and_its_vocabulary(hf_dir, tmp_path, capsy
     assert outputs[0] == outputs[1] == outputs[2] and outputs[0].strip()
 
 
+def test_a_runs_task_prefixes_reach_predict_and_its_export(hf_dir, tmp_path, capsys):
+    """A run trained with its own prefixes (run.json "task_prefixes") is prompted with them by `distill
+    predict --task`, and its export carries them (config.json `task_specific_params`)."""
+    import dataclasses
+    import shutil
+
+    from distill.checkpointing import CheckpointManager
+
+    directory, _, _ = hf_dir
+    trained = load_trained(str(directory))
+    assert trained.task_prefixes == {"label": "[label] ", "rationale": "[rationale] "}  # any other T5 folder
+    model_dir = tmp_path / "run"
+    with CheckpointManager(str(model_dir), save_every=1, async_save=False) as manager:
+        manager.save(3, {"params": jax.device_put(trained.params)}, {"position": 0})
+    (model_dir / "vocab").mkdir()
+    shutil.copy(directory / "spiece.model", model_dir / "vocab" / "spm.model")
+    run_info = {"model_config": dataclasses.asdict(trained.config),
+                "task_prefixes": {"label": "how many: ", "rationale": "the fox "}}
+    (model_dir / "run.json").write_text(json.dumps(run_info))
+    text = "apples are left"
+    argv = ["--max-decode-length", str(NEW_TOKENS)]
+
+    def predicted(checkpoint, task, given):
+        assert cli.main(["predict", "--checkpoint", str(checkpoint), "--task", task, "--input", given, *argv]) == 0
+        return capsys.readouterr().out
+
+    outputs = {task: predicted(model_dir, task, text) for task in ("label", "rationale")}
+    assert outputs["label"] == predicted(directory, "none", "how many: " + text)
+    assert outputs["rationale"] == predicted(directory, "none", "the fox " + text)
+    assert outputs["label"] != predicted(directory, "label", text)  # not the default "[label] "
+
+    exported = tmp_path / "export"
+    assert cli.main(["export", "--checkpoint", str(model_dir), "--out", str(exported)]) == 0
+    capsys.readouterr()
+    assert json.loads((exported / "config.json").read_text())["task_specific_params"] == {
+        "label": {"prefix": "how many: "}, "rationale": {"prefix": "the fox "}}
+    assert load_trained(str(exported)).task_prefixes == run_info["task_prefixes"]
+    assert predicted(exported, "label", text) == outputs["label"]
+
+    run_info["task_prefixes"] = {"label": 3, "rationale": "the fox "}
+    (model_dir / "run.json").write_text(json.dumps(run_info))
+    assert cli.main(["predict", "--checkpoint", str(model_dir), "--input", text, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.json" in err[0] and "LABEL_PREFIX=3 must be a string" in err[0]
+
+
 def test_beam_decoder_matches_hf_beam_search(hf_dir):
     directory, model, vocab = hf_dir
     trained = load_trained(str(directory))

@@ -82,6 +82,7 @@ def test_sigterm_saves_then_resume_writes_every_output(shared_data_dir, tmp_path
     assert len(rationales) == 2 and json.loads(rationales[0])["input"].startswith("[rationale] ")
     run_info = json.loads((model_dir / "run.json").read_text())
     assert run_info["label_task"] == "svamp_label_gt" and run_info["model_config"]["d_model"] == 32
+    assert run_info["task_prefixes"] == {"label": "[label] ", "rationale": "[rationale] "}
 
     import tensorflow as tf
 
@@ -153,6 +154,9 @@ def test_kill_resume_and_sharding_match_uninterrupted(shared_data_dir, tmp_path)
     ({"batch_size": 0}, "batch_size=0 must be a positive integer"),
     ({"task_feature_lengths": {"inputs": 128}}, "TASK_FEATURE_LENGTHS"),
     ({"pack": True, "pack_batch": True}, "PACK_BATCH=True re-packs each batch of unpacked rows"),
+    ({"label_prefix": 7}, "LABEL_PREFIX=7 must be a string"),
+    ({"rationale_prefix": "x" * 101}, "RATIONALE_PREFIX='xxxx"),
+    ({"label_prefix": "q: ", "rationale_prefix": "q: "}, "the student could not tell the tasks apart"),
 ])
 def test_bad_input_is_one_line_before_compiling(shared_data_dir, tmp_path, overrides, message):
     from distill.train import train
@@ -172,6 +176,11 @@ def test_checkpoints_of_another_shape_are_refused(shared_data_dir, tmp_path):
     (model_dir / "run.json").write_text(json.dumps({"model_config": {**h.MICRO_MODEL, "d_model": 64}}))
     with pytest.raises(UserError, match="holds a run with d_model=64 but this config has d_model=32"):
         train(**_train_kwargs(shared_data_dir, model_dir))
+    (model_dir / "run.json").write_text(json.dumps({"model_config": h.MICRO_MODEL,
+                                                    "task_prefixes": {"label": "", "rationale": "explain: "}}))
+    with pytest.raises(UserError, match="holds a run trained with task prefixes .*'label': ''.* set LABEL_PREFIX"):
+        train(**_train_kwargs(shared_data_dir, model_dir))
+    assert not (model_dir / "checkpoints").exists()
 
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()

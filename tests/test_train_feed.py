@@ -113,6 +113,17 @@ def test_changed_inputs_get_a_new_feed(svamp, tmp_path):
     copy = tmp_path / "vocab.model"
     copy.write_bytes(open(svamp[1], "rb").read())
     assert TrainFeed(str(tmp_path), _spec(), _source(svamp, vocabulary_path=str(copy))).dir != base.dir
+    assert TrainFeed(str(tmp_path), _spec(), _source(svamp, label_prefix="predict: ")).dir != base.dir
+    assert TrainFeed(str(tmp_path), _spec(), _source(svamp, rationale_prefix="explain: ")).dir != base.dir
+
+
+def test_the_writer_registers_the_runs_task_prefixes(svamp, tmp_path):
+    feed = TrainFeed(str(tmp_path), _spec(), _source(svamp, label_prefix="predict: ", rationale_prefix=""))
+    feed.prepare(0, 1, [EvalRequest("svamp_label_gt", "test", 2), EvalRequest("svamp_rationale", "test", 2)])
+    labels = feed.eval_examples("svamp_label_gt", "test", max_examples=2)
+    rationales = feed.eval_examples("svamp_rationale", "test", max_examples=2)
+    assert all(e.input.startswith("predict: ") for e in labels)
+    assert rationales and not any(e.input.startswith(("[rationale]", "predict: ")) for e in rationales)  # bare
 
 
 def test_the_writers_error_line_becomes_the_error(svamp, tmp_path):

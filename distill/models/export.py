@@ -6,7 +6,8 @@ CKPT is one of
   - a training model dir written by `distill train` (run.json +
     checkpoints/<step>): its latest finished step;
   - one step's checkpoint, `<model_dir>/checkpoints/<step>`.
-DIR receives config.json, model.safetensors and the tokenizer (the HF
+DIR receives config.json (the task prefixes in its `task_specific_params`),
+model.safetensors and the tokenizer (the HF
 directory's tokenizer files, or the run's SentencePiece model as
 spiece.model), loadable with `T5ForConditionalGeneration.from_pretrained`.
 """
@@ -59,7 +60,7 @@ def export(checkpoint: str, out: str, *, overwrite: bool = False, dtype: str | N
         _check_tokenizer(trained)
     if tokenizer is None:
         print(f"warning: no vocabulary found for {checkpoint}; {out} will have no spiece.model", file=sys.stderr)
-    save_hf_checkpoint(config, params, target, tokenizer_dir=tokenizer)
+    save_hf_checkpoint(config, params, target, tokenizer_dir=tokenizer, task_prefixes=trained.task_prefixes)
     return target
 
 

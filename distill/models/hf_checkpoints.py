@@ -24,7 +24,7 @@ import pathlib
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -35,6 +35,7 @@ from distill.atomic import replace_dir
 from distill.errors import UserError
 from distill.jsonl import parse_json
 from distill.models.t5 import FEED_FORWARD_PROJ, T5Config, abstract_params
+from distill.task_prefixes import TASK_PREFIXES, recorded_prefixes
 
 # Tensors an HF checkpoint may hold that this layout derives from others or does not use.
 _IGNORED_SUFFIXES = ("EncDecAttention.relative_attention_bias.weight",)
@@ -392,10 +393,27 @@ def _copy_tokenizer(tokenizer_dir: pathlib.Path, out: pathlib.Path) -> None:
              "pad_token": "<pad>"}, indent=2) + "\n")
 
 
+def task_prefixes_to_hf(task_prefixes: Mapping[str, str]) -> dict:
+    """config.json's `task_specific_params` for the run's task prefixes (transformers' own place for
+    T5's "summarize: "-style prefixes): {"label": {"prefix": ...}, "rationale": {"prefix": ...}}."""
+    return {task: {"prefix": prefix} for task, prefix in task_prefixes.items()}
+
+
+def task_prefixes_from_hf(hf_config: Mapping[str, Any], source: str) -> dict[str, str]:
+    """The task prefixes an export recorded in `task_specific_params`, else the defaults (any other T5)."""
+    params = hf_config.get("task_specific_params")
+    if not isinstance(params, Mapping) or not all(isinstance(params.get(task), Mapping) for task in TASK_PREFIXES):
+        return dict(TASK_PREFIXES)
+    return recorded_prefixes({task: params[task].get("prefix") for task in TASK_PREFIXES}, source)
+
+
 def save_hf_checkpoint(
-    config: T5Config, params: Any, out_dir: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None
+    config: T5Config, params: Any, out_dir: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
+    task_prefixes: Mapping[str, str] = TASK_PREFIXES,
 ) -> None:
     """Write an HF T5ForConditionalGeneration directory: config.json, model.safetensors, tokenizer files.
+
+    config.json carries the task prefixes the model was trained with (`task_prefixes_to_hf`).
 
     params: plain or boxed, with or without the {"params": ...} wrapper;
     device arrays are fetched one tensor at a time. The directory is built
@@ -410,7 +428,8 @@ def save_hf_checkpoint(
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         write_safetensors(staging / "model.safetensors", list(_export_tensors(config, params)))
-        (staging / "config.json").write_text(json.dumps(config_to_hf(config), indent=2, sort_keys=True) + "\n")
+        hf_config = {**config_to_hf(config), "task_specific_params": task_prefixes_to_hf(task_prefixes)}
+        (staging / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         (staging / "generation_config.json").write_text(json.dumps({
             "decoder_start_token_id": config.decoder_start_token_id, "eos_token_id": config.eos_token_id,
             "pad_token_id": config.pad_token_id}, indent=2) + "\n")

@@ -18,7 +18,7 @@ import sys
 
 from distill.compilation_cache import enable_user_compilation_cache
 from distill.errors import UserError
-from distill.predict import MATMUL_DTYPE_HELP, TASK_PREFIXES, with_matmul_dtype
+from distill.predict import MATMUL_DTYPE_HELP, TASKS, task_input_prefix, with_matmul_dtype
 from distill.xla_flags import single_threaded_eigen
 
 
@@ -33,8 +33,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--port", type=int, default=8000, help="port (default %(default)s; 0 picks a free one)")
     add("--api-key-env", default=None, help="environment variable holding the API key clients must send as "
                                             "`Authorization: Bearer <key>` (default: no key)")
-    add("--task", choices=sorted(TASK_PREFIXES), default="label",
-        help='prefix added to every input: "[label] ", "[rationale] ", or none (default %(default)s)')
+    add("--task", choices=TASKS, default="label",
+        help="the task prefix put before every input, as the model was trained with it (as `distill predict` "
+             "does), or none (default %(default)s)")
     add("--model-name", default=None, help="the model id clients send (default: the checkpoint folder's name)")
     add("--max-batch-size", type=int, default=32, help="rows per decoded batch (default %(default)s)")
     add("--max-wait-ms", type=float, default=5.0,
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{decoder.length_buckets} ...", file=sys.stderr, flush=True)
     decoder.warm_up()
     options = ServeOptions(limits=Limits(model_name, args.max_input_tokens, args.max_new_tokens),
-                           task_prefix=TASK_PREFIXES[args.task], api_key=api_key, max_in_flight=args.max_in_flight,
-                           max_body_bytes=args.max_body_bytes, max_wait_s=args.max_wait_ms / 1000)
+                           task_prefix=task_input_prefix(trained.task_prefixes, args.task), api_key=api_key,
+                           max_in_flight=args.max_in_flight, max_body_bytes=args.max_body_bytes, max_wait_s=args.max_wait_ms / 1000)
     app = create_app(decoder, tokenizer, options, eos_id=config.eos_token_id)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="info", access_log=args.access_log))
     shown = f"[{args.host}]" if ":" in args.host else args.host
