@@ -23,8 +23,8 @@ import argparse
 import dataclasses
 import functools
 import sys
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import jax
@@ -49,6 +49,8 @@ TASKS = ("label", "rationale", "none")
 def task_input_prefix(task_prefixes: Mapping[str, str], task: str) -> str:
     """The text `distill predict` / `distill serve` put before each input for `--task`."""
     return "" if task == "none" else task_prefixes[task]
+
+
 METHODS = ("greedy", "beam", "sample")
 # Bounds on the CLI's sizes: each scales the KV cache and the compiled program (1e9 would exhaust memory).
 MAX_LENGTH, MAX_BATCH_SIZE, MAX_BEAMS = 1 << 14, 4096, 64

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from distill.models.t5 import T5Config
 
 RUN_FILE = "run.json"
-TASK_PREFIXES_KEY = "task_prefixes"  # run.json: {"label": ..., "rationale": ...} (distill/task_specs.py)
+TASK_PREFIXES_KEY = "task_prefixes"  # run.json: {"label": ..., "rationale": ...} (distill/task_prefixes.py)
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.gin"
 VOCAB_FILE = os.path.join("vocab", "spm.model")
@@ -168,7 +168,7 @@ class Trained:
     model_dir/step are None for a Hugging Face folder; run_info is {} there.
     tokenizer_path is the SentencePiece file (None when the run has none).
     task_prefixes: what the model learned to see before each task's inputs
-    (distill/task_specs.py), from run.json or an export's config.json.
+    (distill/task_prefixes.py), from run.json or an export's config.json.
     """
 
     config: "T5Config"

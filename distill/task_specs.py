@@ -57,4 +57,3 @@ MIXTURES = (
 def task_and_mixture_names(prefix: str) -> list[str]:
     """Every name `register_tasks` registers for a prefix: the tasks, then the mixtures."""
     return [f"{prefix}_{config.suffix}" for config in (*task_configs(), *MIXTURES)]
-

@@ -237,7 +237,8 @@ def register_tasks(*, dataset: str, data_dir: str, vocabulary: seqio.Vocabulary 
     """Register the label/rationale tasks and step-by-step mixtures of one dataset.
 
     Reads no data: sources load on first use. Re-registering a name replaces
-    it. The prefixes go before every input of the label and rationale tasks. `vocabulary` is a seqio vocabulary or a path for `distill.vocab.load_vocabulary`.
+    it. The prefixes go before every input of the label and rationale tasks.
+    `vocabulary` is a seqio vocabulary or a path for `distill.vocab.load_vocabulary`.
     With `tfds_dir`, reads `<tfds_dir>/distill_<dataset>/` (for `jsonl`:
     `distill_<name_prefix>`) prepared by `distill data build`.
     Returns the task names, then the mixture names.

@@ -184,8 +184,9 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
     if macro("%TRAIN_FEED") == "inline":
         from distill.tasks import register_tasks
 
-        register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocab_path, train_fraction=macro("%TRAIN_FRACTION"),
-                       label_prefix=macro("%LABEL_PREFIX"), rationale_prefix=macro("%RATIONALE_PREFIX"))
+        register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocab_path,
+                       train_fraction=macro("%TRAIN_FRACTION"), label_prefix=macro("%LABEL_PREFIX"),
+                       rationale_prefix=macro("%RATIONALE_PREFIX"))
         return config, optimizer, input_pipeline.TrainData(spec), lengths, initial_params, None
     feed = train_feed.TrainFeed(scratch, spec, train_feed.FeedSource(
         dataset=dataset, data_dir=os.path.abspath(data_dir), vocabulary_path=os.path.abspath(vocab_path),

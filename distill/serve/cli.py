@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     decoder.warm_up()
     options = ServeOptions(limits=Limits(model_name, args.max_input_tokens, args.max_new_tokens),
                            task_prefix=task_input_prefix(trained.task_prefixes, args.task), api_key=api_key,
-                           max_in_flight=args.max_in_flight, max_body_bytes=args.max_body_bytes, max_wait_s=args.max_wait_ms / 1000)
+                           max_in_flight=args.max_in_flight, max_body_bytes=args.max_body_bytes,
+                           max_wait_s=args.max_wait_ms / 1000)
     app = create_app(decoder, tokenizer, options, eos_id=config.eos_token_id)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="info", access_log=args.access_log))
     shown = f"[{args.host}]" if ":" in args.host else args.host
