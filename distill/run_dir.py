@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from distill.atomic import write_atomically
 from distill.errors import UserError
 from distill.jsonl import parse_json
-from distill.task_prefixes import TASK_PREFIXES, recorded_prefixes
+from distill.task_prefixes import TASK_PREFIXES, environment_prefixes, recorded_prefixes
 
 if TYPE_CHECKING:
     import sentencepiece as spm
@@ -168,7 +168,8 @@ class Trained:
     model_dir/step are None for a Hugging Face folder; run_info is {} there.
     tokenizer_path is the SentencePiece file (None when the run has none).
     task_prefixes: what the model learned to see before each task's inputs
-    (distill/task_prefixes.py), from run.json or an export's config.json.
+    (distill/task_prefixes.py), from run.json or an export's config.json (a T5X
+    run's: $DISTILL_LABEL_PREFIX / $DISTILL_RATIONALE_PREFIX, as it registered its tasks).
     """
 
     config: "T5Config"
@@ -211,7 +212,7 @@ def load_trained(path: str, *, param_dtype: str | None = None, require_tokenizer
                             "set DISTILL_VOCABULARY to the run's vocabulary file")
         config, params = t5x_checkpoints.load_t5x_checkpoint(path)
         return Trained(config=config, params=params, tokenizer_path=tokenizer, model_dir=model_dir, step=step,
-                       source=path)
+                       source=path, task_prefixes=environment_prefixes(os.environ))
     if os.path.isdir(path) and is_hf_dir(path):
         from distill.models.hf_checkpoints import load_hf_checkpoint, read_hf_config, task_prefixes_from_hf
 

@@ -36,6 +36,17 @@ def checked_prefixes(label_prefix: object, rationale_prefix: object) -> dict[str
     return prefixes  # type: ignore[return-value]
 
 
+def environment_prefixes(environ: Mapping[str, str]) -> dict[str, str]:
+    """The prefixes of $DISTILL_LABEL_PREFIX / $DISTILL_RATIONALE_PREFIX (each defaulting to TASK_PREFIXES):
+    what upstream T5X runs, which register their tasks from the environment (distill/registered_tasks.py),
+    and their exports use. UserError when they are bad."""
+    try:
+        return checked_prefixes(environ.get("DISTILL_LABEL_PREFIX", TASK_PREFIXES["label"]),
+                                environ.get("DISTILL_RATIONALE_PREFIX", TASK_PREFIXES["rationale"]))
+    except UserError as err:
+        raise UserError(f"{err} (from DISTILL_LABEL_PREFIX / DISTILL_RATIONALE_PREFIX)") from None
+
+
 def recorded_prefixes(recorded: object, source: str) -> dict[str, str]:
     """The prefixes a run or an export recorded (run.json "task_prefixes"), TASK_PREFIXES when it recorded
     none (runs that predate the setting); UserError when the record is malformed."""

@@ -54,7 +54,7 @@ from distill.data import tfds_builder
 from distill.errors import UserError
 from distill.feature_converters import TASK_ID_FEATURE
 from distill.metrics import strip_whitespace
-from distill.task_prefixes import TASK_PREFIXES, checked_prefixes
+from distill.task_prefixes import TASK_PREFIXES, checked_prefixes, environment_prefixes
 from distill.task_specs import MIXTURES, TaskConfig, task_configs
 
 logger = logging.getLogger(__name__)
@@ -307,7 +307,9 @@ def _prepared(tfds_dir: str | None, name: str) -> str | None:
 
 
 def register_from_environment(environ: Mapping[str, str] = os.environ) -> list[str]:
-    """Registers every dataset under $DISTILL_DATA_DIR (what `import distill.registered_tasks` does).
+    """Registers every dataset under $DISTILL_DATA_DIR (what `import distill.registered_tasks` does),
+    with the task prefixes of $DISTILL_LABEL_PREFIX / $DISTILL_RATIONALE_PREFIX (default `[label] ` /
+    `[rationale] `).
 
     Never raises (a broken setup must not break importing the module): logs a
     warning and registers what it can.
@@ -319,6 +321,11 @@ def register_from_environment(environ: Mapping[str, str] = os.environ) -> list[s
     if "://" not in vocab_path and not os.path.exists(vocab_path):
         logger.warning("DISTILL_VOCABULARY=%s does not exist; no distill tasks registered", vocab_path)
         return []
+    try:
+        prefixes = environment_prefixes(environ)
+    except UserError as err:
+        logger.warning("%s; no distill tasks registered", err)
+        return []
     names = []
     try:
         from distill.data import datasets
@@ -326,7 +333,8 @@ def register_from_environment(environ: Mapping[str, str] = os.environ) -> list[s
         vocabulary = seqio.SentencePieceVocabulary(vocab_path)  # lazy: read on first use
         for dataset in datasets.available_datasets(data_dir):
             names += register_tasks(dataset=dataset, data_dir=data_dir, vocabulary=vocabulary,
-                                    tfds_dir=_prepared(environ.get("DISTILL_TFDS_DIR"), dataset))
+                                    tfds_dir=_prepared(environ.get("DISTILL_TFDS_DIR"), dataset),
+                                    label_prefix=prefixes["label"], rationale_prefix=prefixes["rationale"])
     except Exception as err:  # noqa: BLE001 - import must never fail; say why instead
         logger.warning("registering distill tasks from DISTILL_DATA_DIR=%s failed: %s", data_dir, err)
     return names

@@ -6,6 +6,8 @@ are written the way t5x.train lays them out (MODEL_DIR/config.gin,
 MODEL_DIR/checkpoint_<N>/state with {"target": params, "state": ...});
 tests/test_t5x_train.py converts a real t5x.train run.
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ def _write_checkpoint(model_dir, params, gin_lines, step=0):
 
 
 @pytest.mark.parametrize("activations, tied", [(("gelu", "linear"), False), (("relu",), True)])
-def test_converted_checkpoint_matches_t5x_and_hugging_face(tmp_path, activations, tied):
+def test_converted_checkpoint_matches_t5x_and_hugging_face(tmp_path, monkeypatch, activations, tied):
     """T5 v1.1 / Flan (gated-gelu, own logits layer) and original T5 (relu, logits from the embedding)."""
     t5x_helpers.require_t5x()
     import jax
@@ -58,8 +60,11 @@ def test_converted_checkpoint_matches_t5x_and_hugging_face(tmp_path, activations
     want = t5x_helpers.t5x_logits(network, params, encoder, decoder, target)
     ours = t5x_helpers.flax_logits(config, trained.params, encoder, decoder)
     np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("DISTILL_LABEL_PREFIX", "predict: ")  # as the T5X run registered its tasks
     out = export(str(model_dir), str(tmp_path / "hf"))
     assert (out / "spiece.model").is_file()
+    assert json.loads((out / "config.json").read_text())["task_specific_params"] == {
+        "label": {"prefix": "predict: "}, "rationale": {"prefix": "[rationale] "}}
     np.testing.assert_allclose(t5x_helpers.hf_logits(out, encoder, decoder), ours, rtol=1e-4, atol=1e-4)
 
 

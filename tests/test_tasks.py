@@ -157,6 +157,23 @@ def test_environment_registration_never_raises(tmp_path):
         assert not list(seqio.TaskRegistry.names())
 
 
+def test_environment_prefixes_reach_the_tasks(shared_data_dir, tmp_path):
+    """$DISTILL_LABEL_PREFIX / $DISTILL_RATIONALE_PREFIX (what T5X runs set) prefix the registered tasks' inputs;
+    bad values register nothing."""
+    environ = {"DISTILL_DATA_DIR": str(shared_data_dir), "DISTILL_VOCABULARY": str(tmp_path / "spm.model"),
+               "DISTILL_LABEL_PREFIX": "predict: ", "DISTILL_RATIONALE_PREFIX": ""}
+    (tmp_path / "spm.model").write_bytes(b"never read: the vocabulary loads lazily")
+    with isolated_registry():
+        assert "svamp_label_gt" in register_from_environment(environ)
+        for task, prefix in (("svamp_label_gt", "predict: "), ("svamp_label_llm", "predict: "), ("svamp_rationale", "")):
+            assert seqio.get_mixture_or_task(task).preprocessors[0].keywords["prefix"] == prefix
+    for bad in ({"DISTILL_LABEL_PREFIX": "x: ", "DISTILL_RATIONALE_PREFIX": "x: "}, {"DISTILL_LABEL_PREFIX": "a\nb"}):
+        with isolated_registry():
+            assert register_from_environment({**environ, "DISTILL_LABEL_PREFIX": "[label] ",
+                                              "DISTILL_RATIONALE_PREFIX": "[rationale] ", **bad}) == []
+            assert not list(seqio.TaskRegistry.names())
+
+
 def test_every_env_task_and_mixture_yields_a_batch(shared_data_dir, tmp_path):
     from distill.vocab import train_vocabulary_for_dataset
 
