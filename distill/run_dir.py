@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from distill.atomic import write_atomically
 from distill.errors import UserError
 from distill.jsonl import parse_json
-from distill.task_prefixes import TASK_PREFIXES, environment_prefixes, recorded_prefixes
+from distill.task_prefixes import TASK_PREFIXES, environment_prefixes, recorded_prefixes, task_prefixes_from_hf
 
 if TYPE_CHECKING:
     import sentencepiece as spm
@@ -214,7 +214,7 @@ def load_trained(path: str, *, param_dtype: str | None = None, require_tokenizer
         return Trained(config=config, params=params, tokenizer_path=tokenizer, model_dir=model_dir, step=step,
                        source=path, task_prefixes=environment_prefixes(os.environ))
     if os.path.isdir(path) and is_hf_dir(path):
-        from distill.models.hf_checkpoints import load_hf_checkpoint, read_hf_config, task_prefixes_from_hf
+        from distill.models.hf_checkpoints import load_hf_checkpoint, read_hf_config
 
         tokenizer = os.path.join(path, HF_TOKENIZER_FILE)
         if require_tokenizer and not os.path.isfile(tokenizer):

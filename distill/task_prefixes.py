@@ -1,11 +1,12 @@
 """The input prefix of each task: what a student learns to see before a label or a rationale input.
 
-Plain data and checks, no jax or TensorFlow, so the model-dir reader (distill/run_dir.py) and the
-command-line front ends can use it.
+Plain data and checks, no jax or TensorFlow, so the model-dir reader (distill/run_dir.py), the
+command-line front ends and the Hugging Face side of scripts/bench_predict.py can use it.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from distill.errors import UserError
 
@@ -58,3 +59,17 @@ def recorded_prefixes(recorded: object, source: str) -> dict[str, str]:
         return checked_prefixes(recorded["label"], recorded["rationale"])
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
+
+
+def task_prefixes_to_hf(task_prefixes: Mapping[str, str]) -> dict:
+    """config.json's `task_specific_params` for the run's task prefixes (transformers' own place for
+    T5's "summarize: "-style prefixes): {"label": {"prefix": ...}, "rationale": {"prefix": ...}}."""
+    return {task: {"prefix": prefix} for task, prefix in task_prefixes.items()}
+
+
+def task_prefixes_from_hf(hf_config: Mapping[str, Any], source: str) -> dict[str, str]:
+    """The task prefixes an export recorded in `task_specific_params`, else the defaults (any other T5)."""
+    params = hf_config.get("task_specific_params")
+    if not isinstance(params, Mapping) or not all(isinstance(params.get(task), Mapping) for task in TASK_PREFIXES):
+        return dict(TASK_PREFIXES)
+    return recorded_prefixes({task: params[task].get("prefix") for task in TASK_PREFIXES}, source)

@@ -6,7 +6,8 @@ The inputs are the first --lines SVAMP questions (train, then test) under $DISTI
 as the JSONL file `distill predict --input-file` reads. Each side is its own process, pinned to the
 same --threads CPUs, and is timed from its start to its exit, so start-up, model load, tokenization,
 compilation (distill) and decoding all count, as they do for a user. The Hugging Face side does what
-`distill predict` does: the "[label] " prefix, inputs cut to --max-input-length tokens with EOS,
+`distill predict` does: the model's label prefix (config.json's `task_specific_params`, else
+"[label] "), inputs cut to --max-input-length tokens with EOS,
 sorted by length and decoded greedily in batches of --batch-size with
 `T5ForConditionalGeneration.generate`, up to --max-decode-length new tokens, then written as JSONL.
 The two sides alternate, --repeats times each; medians are printed as lines/s with their ratio, peak
@@ -24,7 +25,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFIX = "[label] "  # distill predict's default --task label
 
 
 def _hf_predict(args: argparse.Namespace) -> None:
@@ -32,12 +32,16 @@ def _hf_predict(args: argparse.Namespace) -> None:
     import torch
     from transformers import T5ForConditionalGeneration, T5Tokenizer
 
+    from distill.task_prefixes import task_prefixes_from_hf
+
     torch.set_num_threads(args.threads)
     tokenizer = T5Tokenizer.from_pretrained(args.checkpoint, legacy=True)
     model = T5ForConditionalGeneration.from_pretrained(args.checkpoint).eval()
     with open(args.input_file) as handle:
         records = [json.loads(line) for line in handle]
-    encoded = [tokenizer(PREFIX + r["input"], truncation=True, max_length=args.max_input_length).input_ids
+    with open(os.path.join(args.checkpoint, "config.json"), encoding="utf-8") as handle:  # as distill predict reads it
+        prefix = task_prefixes_from_hf(json.load(handle), args.checkpoint)["label"]
+    encoded = [tokenizer(prefix + r["input"], truncation=True, max_length=args.max_input_length).input_ids
                for r in records]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     predictions: list[str] = [""] * len(records)

@@ -35,7 +35,7 @@ from distill.atomic import replace_dir
 from distill.errors import UserError
 from distill.jsonl import parse_json
 from distill.models.t5 import FEED_FORWARD_PROJ, T5Config, abstract_params
-from distill.task_prefixes import TASK_PREFIXES, recorded_prefixes
+from distill.task_prefixes import TASK_PREFIXES, task_prefixes_to_hf
 
 # Tensors an HF checkpoint may hold that this layout derives from others or does not use.
 _IGNORED_SUFFIXES = ("EncDecAttention.relative_attention_bias.weight",)
@@ -391,20 +391,6 @@ def _copy_tokenizer(tokenizer_dir: pathlib.Path, out: pathlib.Path) -> None:
         (out / "tokenizer_config.json").write_text(json.dumps(
             {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>", "unk_token": "<unk>",
              "pad_token": "<pad>"}, indent=2) + "\n")
-
-
-def task_prefixes_to_hf(task_prefixes: Mapping[str, str]) -> dict:
-    """config.json's `task_specific_params` for the run's task prefixes (transformers' own place for
-    T5's "summarize: "-style prefixes): {"label": {"prefix": ...}, "rationale": {"prefix": ...}}."""
-    return {task: {"prefix": prefix} for task, prefix in task_prefixes.items()}
-
-
-def task_prefixes_from_hf(hf_config: Mapping[str, Any], source: str) -> dict[str, str]:
-    """The task prefixes an export recorded in `task_specific_params`, else the defaults (any other T5)."""
-    params = hf_config.get("task_specific_params")
-    if not isinstance(params, Mapping) or not all(isinstance(params.get(task), Mapping) for task in TASK_PREFIXES):
-        return dict(TASK_PREFIXES)
-    return recorded_prefixes({task: params[task].get("prefix") for task in TASK_PREFIXES}, source)
 
 
 def save_hf_checkpoint(
