@@ -46,13 +46,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from distill.task_prefixes import TASK_PREFIXES
+
 MODELS = ("micro", "tiny", "small", "base", "large")
 # --reference --prompts: (LABEL_PREFIX, RATIONALE_PREFIX) per mode. The paper's code feeds standard
 # fine-tuning bare inputs and its step-by-step tasks 'predict: ' / 'explain: ' (run.py, tokenize_function);
 # ours cost 7 tokens each with the reference tokenizer ('[' and ']' are unknown pieces).
-PAPER_PROMPTS = {
-    "standard": {"paper": ("", "explain: "), "distill": ("[label] ", "[rationale] ")},
-    "step_by_step": {"paper": ("predict: ", "explain: "), "distill": ("[label] ", "[rationale] ")},
+OUR_PROMPTS = (TASK_PREFIXES["label"], TASK_PREFIXES["rationale"])
+REFERENCE_PROMPTS = {
+    "standard": {"paper": ("", "explain: "), "distill": OUR_PROMPTS},
+    "step_by_step": {"paper": ("predict: ", "explain: "), "distill": OUR_PROMPTS},
 }
 MICRO = ["T5Config.d_model = 32", "T5Config.d_kv = 8", "T5Config.d_ff = 64", "T5Config.num_heads = 2",
          "T5Config.num_encoder_layers = 1", "T5Config.num_decoder_layers = 1", "VOCAB_SIZE = 512"]
@@ -83,7 +86,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="default: $DISTILL_DATA_DIR")
     parser.add_argument("--init", default=None, help="--reference: the Hugging Face T5 folder to start from "
                                                     "(the paper code's tiny-t5, made by ../shared/reference/bench.sh)")
-    parser.add_argument("--prompts", choices=tuple(PAPER_PROMPTS["standard"]), default="paper", help=(
+    parser.add_argument("--prompts", choices=tuple(REFERENCE_PROMPTS["standard"]), default="paper", help=(
         "--reference: the task prefixes; 'paper' (default) those of the paper's code (none for standard, "
         "'predict: ' / 'explain: ' for step-by-step), so both sides compute the same tokens; 'distill' ours "
         "('[label] ' / '[rationale] ')"))
@@ -198,7 +201,7 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
 
 def reference_bindings(mode: str, init: str | None, prompts: str = "paper") -> tuple[list[str], list[str]]:
     """Gin files/bindings of the paper's code's setup (see module docstring): 32 examples a step, the
-    task prefixes of `prompts` (PAPER_PROMPTS)."""
+    task prefixes of `prompts` (REFERENCE_PROMPTS)."""
     if not init:
         raise SystemExit("error: --reference needs --init DIR, the paper code's tiny-t5 folder "
                          "(bash ../shared/reference/bench.sh \"$REF\" standard 60 makes $REF/code/models/tiny-t5)")
@@ -208,7 +211,7 @@ def reference_bindings(mode: str, init: str | None, prompts: str = "paper") -> t
         f"INITIAL_CHECKPOINT_PATH = '{init}'", "VOCAB_SIZE = 4000", f"BATCH_SIZE = {rows}",
         "OPTIMIZER = 'adamw'", "LEARNING_RATE = 5e-4", "DROPOUT_RATE = 0.1",
         *(f"{macro} = {prefix!r}" for macro, prefix in zip(("LABEL_PREFIX", "RATIONALE_PREFIX"),
-                                                            PAPER_PROMPTS[mode][prompts]))]
+                                                            REFERENCE_PROMPTS[mode][prompts]))]
 
 
 def model_config(model: str, dtype: str, remat: str, matmul_dtype: str = "") -> Any:
