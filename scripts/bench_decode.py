@@ -11,7 +11,11 @@ same `--threads` CPUs, torch.set_num_threads(threads) for HF. The parent
 alternates timed runs between them, so load from other processes on a shared
 machine hits both alike; wall-clock medians give examples/s, and process CPU
 time is printed too (with one thread it measures work, not waiting). Compile
-time (JAX's first call minus a steady one) is reported apart.
+time (JAX's first call minus a steady one) is reported apart. Each method's line
+ends with its ceiling: the examples/s of the batch's useful FLOPs
+(distill.flops.decode_flops) at a float32 (or --matmul-dtype) matmul peak
+measured in the JAX process, as a multiple of HF's figure: no implementation
+on this machine passes it.
 
     python scripts/bench_decode.py --size tiny --batch 32
     python scripts/bench_decode.py --size small --methods greedy,beam --threads 2
@@ -32,6 +36,7 @@ import time
 
 # name -> HF T5Config kwargs (T5 v1.1 family: gated-GELU, untied logits).
 SIZES = {
+    "micro": dict(d_model=32, d_ff=64, d_kv=8, num_heads=2, num_layers=1, num_decoder_layers=1, vocab_size=512),
     "tiny": dict(d_model=256, d_ff=1024, d_kv=32, num_heads=4, num_layers=4, num_decoder_layers=4, vocab_size=32128),
     "small": dict(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8,
                   vocab_size=32128),
@@ -87,6 +92,7 @@ def _jax_decoder(args):
     import jax
     import numpy as np
 
+    from distill import flops
     from distill.models.hf_checkpoints import load_hf_checkpoint
     from distill.predict import decoding_params, predict_batch
 
@@ -99,7 +105,12 @@ def _jax_decoder(args):
         return np.asarray(predict_batch(config, params, tokens, method=method, num_beams=args.num_beams,
                                         max_decode_length=args.decode_length))
 
-    return decode, jax.devices()[0].platform
+    lengths = [int(n) for n in np.count_nonzero(np.asarray(tokens), axis=1)]
+    useful = {method: flops.decode_flops(config, input_lengths=lengths, new_tokens=args.decode_length,
+                                         beams=args.num_beams if method == "beam" else 1)
+              for method in ("greedy", "beam")}
+    return decode, {"device": jax.devices()[0].platform, "flops": useful,
+                    "peak": flops.matmul_peak(config.matmul_operand_dtype.name)}
 
 
 def _hf_decoder(args):
@@ -119,15 +130,15 @@ def _hf_decoder(args):
                                  num_beams=args.num_beams if method == "beam" else 1)
         return out[:, 1:].numpy()
 
-    return decode, "cpu"
+    return decode, {"device": "cpu"}
 
 
 def _serve(args) -> None:
     """Child process: answer "run <method>" lines with one timed decode each (JSON), until EOF."""
     import numpy as np
 
-    decode, device = (_jax_decoder if args.backend == "jax" else _hf_decoder)(args)
-    print(json.dumps({"device": device}), flush=True)
+    decode, about = (_jax_decoder if args.backend == "jax" else _hf_decoder)(args)
+    print(json.dumps(about), flush=True)
     for line in sys.stdin:
         method = line.split()[1]
         wall, cpu = time.perf_counter(), time.process_time()
@@ -147,7 +158,8 @@ class _Child:
         for flag in ("size", "batch", "input_length", "decode_length", "num_beams", "threads", "seed", "matmul_dtype"):
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.device = self._read()["device"]
+        self.about = self._read()  # its device; the JAX child adds each method's useful FLOPs and the matmul peak
+        self.device = self.about["device"]
 
     def _read(self) -> dict:
         line = self.process.stdout.readline()
@@ -214,8 +226,11 @@ def main(argv=None) -> int:
             print(f"  {method:6s} {name:7s}: {args.batch / r[side + '_wall']:8.1f} examples/s  "
                   f"({r[side + '_wall']:.3f} s/batch wall, {r[side + '_cpu']:.3f} s CPU, "
                   f"mean length {r[side + '_length']:.1f}{extra})")
+        ceiling = ours.about["peak"] / ours.about["flops"][method] * r["theirs_wall"]  # batches/s x HF's s/batch
         print(f"  {method:6s} ratio  : {r['theirs_wall'] / r['ours_wall']:.2f}x HF throughput "
-              f"(CPU-time ratio {r['theirs_cpu'] / r['ours_cpu']:.2f}x)")
+              f"(CPU-time ratio {r['theirs_cpu'] / r['ours_cpu']:.2f}x; ceiling {ceiling:.2f}x: the batch's "
+              f"{ours.about['flops'][method] / 1e9:.1f} useful GFLOP at the {ours.about['peak'] / 1e9:.0f} GFLOP/s "
+              f"{args.matmul_dtype} matmul peak)")
     print(f"  peak RSS: distill {max(r['ours_rss'] for r in results.values()):.0f} MiB, "
           f"HF {max(r['theirs_rss'] for r in results.values()):.0f} MiB")
     return 0

@@ -10,9 +10,11 @@ steps first, then `--steps` timed steps ending with a device sync):
   # tokenizer): the paper-setting gin files (experiments/svamp/standard_gt.gin or
   # step_by_step_gt.gin) on T5 v1.1 tiny, 32 examples a step, lr 5e-4, dropout 0.1, with
   # INITIAL_CHECKPOINT_PATH = the reference's tiny-t5 folder (its spiece.model is the vocabulary)
-  # and the paper's code's task prefixes (--prompts distill: ours):
-  python scripts/bench_train.py --reference standard --init "$REF/code/models/tiny-t5"
-  python scripts/bench_train.py --reference step_by_step --init "$REF/code/models/tiny-t5"
+  # and the paper's code's task prefixes (--prompts distill: ours); --against reads the paper run
+  # that bench.sh just wrote and prints one more line, `against [...]`, with both ratios and the ceiling:
+  python scripts/bench_train.py --reference standard --init "$REF/code/models/tiny-t5" --against "$REF/standard.json"
+  python scripts/bench_train.py --reference step_by_step --init "$REF/code/models/tiny-t5" \\
+      --against "$REF/task_prefix.json"
 
   # Synthetic packed batches, no TensorFlow/seqio imported (GPU machines):
   python scripts/bench_train.py --synthetic --model base --dtype bfloat16 \\
@@ -23,7 +25,9 @@ shape among them runs one untimed step, so no compilation is timed (trimmed or r
 batches come in a few shapes). Examples/s counts a step-by-step example once for its two
 sequences (label and rationale), as the paper's code does. FLOP/s are useful FLOPs
 (distill.flops on non-padding tokens) against a matmul peak measured on the spot in the matmul operand
-dtype (`--matmul-dtype bfloat16`: bfloat16 products, float32 activations, params and loss).
+dtype (`--matmul-dtype bfloat16`: bfloat16 products, float32 activations, params and loss). The
+ceiling is the examples/s of those useful FLOPs at that peak: what no implementation computing
+these tokens on this machine passes (with --against, as a multiple of the paper code's figure).
 
 Synthetic rows are packed to inputs 512 / targets 128 with SVAMP-like
 lengths: inputs 40-160 tokens, labels 4-16, rationales 40-120; the
@@ -39,6 +43,10 @@ used 2 threads on 2 otherwise idle cores, i.e. at most 2 CPU-seconds/second.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import re
 import resource
 import sys
 import time
@@ -90,7 +98,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--reference: the task prefixes; 'paper' (default) those of the paper's code (none for standard, "
         "'predict: ' / 'explain: ' for step-by-step), so both sides compute the same tokens; 'distill' ours "
         "('[label] ' / '[rationale] ')"))
-    return parser.parse_args(rewrite_gin_args(argv))
+    parser.add_argument("--against", default=None, metavar="JSON", help=(
+        "--reference: the paper's code's run of the same method, as ../shared/reference/bench.sh writes it "
+        "($REF/standard.json or $REF/task_prefix.json, run just before in the same sitting): prints the "
+        "ratios and the ceiling ratio on one more line"))
+    args = parser.parse_args(rewrite_gin_args(argv))
+    if args.against and not args.reference:
+        parser.error("--against needs --reference standard|step_by_step")
+    return args
 
 
 # ----------------------------------------------------------------------------
@@ -147,7 +162,6 @@ def gin_setup(gin_files: list[str], bindings: list[str], data_dir: str | None, b
     (distill/train_feed.py, into a temp folder); with 'inline' the pipeline runs here.
     """
     import dataclasses
-    import os
     import tempfile
 
     import gin
@@ -214,6 +228,43 @@ def reference_bindings(mode: str, init: str | None, prompts: str = "paper") -> t
                                                             REFERENCE_PROMPTS[mode][prompts]))]
 
 
+# --reference mode -> the paper code's --model_type of the same method (bench.sh's METHOD).
+PAPER_MODEL_TYPES = {"standard": "standard", "step_by_step": "task_prefix"}
+
+
+def paper_run(path: str, mode: str) -> dict[str, float]:
+    """The paper's code's figures from the JSON that ../shared/reference/bench.sh writes ($REF/<method>.json)
+    and the `/usr/bin/time -v` report beside it (<method>.time): steps/s after the warm-up bench.sh also
+    skips, examples/s, peak RSS in GiB (KiB / 2**20, as ours; bench.sh's own line prints KiB / 1e6) and the
+    run's start (epoch seconds)."""
+    from distill.errors import UserError
+
+    method = PAPER_MODEL_TYPES[mode]
+    fix = f'run bash ../shared/reference/bench.sh "$REF" {method} 60 and pass $REF/{method}.json'
+    time_path = os.path.splitext(path)[0] + ".time"
+    try:
+        with open(path) as f:
+            run = json.load(f)
+        with open(time_path) as f:
+            rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", f.read())
+        argv, step_times = run["argv"], [float(t) for t in run["step_t"]]
+        model_type, batch = argv[argv.index("--model_type") + 1], int(argv[argv.index("--batch_size") + 1])
+        started = float(run["t_start"])
+    except OSError as err:
+        raise UserError(f"--against: cannot read {err.filename}: {err.strerror}; {fix}") from None
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise UserError(f"--against: {path} is not a run of the paper's code as bench.sh writes it; {fix}") from None
+    if model_type != method:
+        raise UserError(f"--against: {path} is a {model_type!r} run; --reference {mode} compares with "
+                        f"{method!r}: {fix}")
+    skip = min(10, len(step_times) // 4)
+    if rss is None or len(step_times) - skip < 2 or not step_times[-1] > step_times[skip]:
+        raise UserError(f"--against: {path} has too few timed steps, or {time_path} no peak RSS; {fix}")
+    steps_per_sec = (len(step_times) - 1 - skip) / (step_times[-1] - step_times[skip])
+    return {"steps_per_sec": steps_per_sec, "examples_per_sec": batch * steps_per_sec,
+            "peak_rss_gb": int(rss.group(1)) / 2**20, "started": started}
+
+
 def model_config(model: str, dtype: str, remat: str, matmul_dtype: str = "") -> Any:
     import dataclasses
 
@@ -236,25 +287,6 @@ def count_sequences(batch: dict[str, np.ndarray]) -> int:
     if "decoder_segment_ids" in batch:
         return int(batch["decoder_segment_ids"].max(axis=1).sum())
     return int(np.count_nonzero(batch["decoder_loss_weights"].any(axis=1)))
-
-
-def matmul_peak(dtype: str = "float32", seconds: float = 1.0) -> float:
-    """The FLOP/s of one jitted jnp.dot of `dtype` operands (float32 sums) at the train step's shapes,
-    best of a few, measured now."""
-    import jax
-    import jax.numpy as jnp
-
-    best = 0.0
-    for m, k, n in ((2048, 256, 1024), (2048, 1024, 256), (8192, 1024, 256)):
-        x, w = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
-        dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-        jax.block_until_ready(dot(x, w))
-        runs, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 3:
-            jax.block_until_ready(dot(x, w))
-            runs += 1
-        best = max(best, 2 * m * k * n * runs / (time.perf_counter() - start))
-    return best
 
 
 def _shape(batch: dict[str, np.ndarray]) -> tuple:
@@ -340,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
                 files, bindings + args.gin_bindings, args.data_dir, args.batch_size, args.warmup + args.steps)
             label = f"reference {args.reference}, {args.prompts} prompts" if args.reference else " + ".join(files)
             two_rows = "step_by_step" in batches.spec.mixture_or_task_name
+        paper = paper_run(args.against, args.reference) if args.against else None
         import jax
+
+        from distill.flops import matmul_peak
 
         peak = matmul_peak(config.matmul_operand_dtype.name) if jax.devices()[0].platform == "cpu" else None
         result = measure(config, optimizer, batches, steps=args.steps, warmup=args.warmup,
@@ -351,9 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     examples = result["sequences_per_sec"] / (2 if two_rows else 1)
     mfu = "" if result["mfu"] is None else f" | MFU {100 * result['mfu']:.1f}%"
     achieved = f"{result['flops_per_sec'] / 1e9:.0f} GFLOP/s useful"
+    # The most examples/s any implementation computing these tokens reaches with every product at the peak.
+    ceiling = peak * examples / result["flops_per_sec"] if peak else None
     if peak:
         achieved += (f" = {100 * result['flops_per_sec'] / peak:.0f}% of the {peak / 1e9:.0f} GFLOP/s "
-                     f"{config.matmul_operand_dtype.name} matmul peak now")
+                     f"{config.matmul_operand_dtype.name} matmul peak now (ceiling {ceiling:.1f} examples/s)")
     writer = ("" if feed is None or feed.writer_peak_rss_gb is None else
               f" | feed writer peak RSS {feed.writer_peak_rss_gb:.2f} GB (a child that exited before the model)")
     device = f" | device peak {result['device_peak_gb']:.2f} GB" if "device_peak_gb" in result else ""
@@ -366,6 +403,14 @@ def main(argv: list[str] | None = None) -> int:
           f"CPU-second ({result['cpu_seconds_per_step']:.2f} CPU-s/step) | "
           f"peak RSS {result['peak_rss_gb']:.2f} GB ({result['rss_before_model_gb']:.2f} GB before the model: "
           f"imports, data){writer}{device}{mfu}")
+    if paper:
+        minutes = (time.time() - paper["started"]) / 60
+        bound = (f" | ceiling x{ceiling / paper['examples_per_sec']:.2f}: every useful product at the "
+                 f"{config.matmul_operand_dtype.name} matmul peak above" if ceiling else "")
+        print(f"against [the paper's code, {PAPER_MODEL_TYPES[args.reference]}] ({args.against}, started "
+              f"{minutes:.0f} min ago): {paper['examples_per_sec']:.1f} examples/s, peak RSS "
+              f"{paper['peak_rss_gb']:.2f} GiB | distill x{examples / paper['examples_per_sec']:.2f} examples/s, "
+              f"x{result['peak_rss_gb'] / paper['peak_rss_gb']:.2f} peak RSS{bound}")
     return 0
 
 

@@ -1,6 +1,7 @@
-"""The training benchmark's synthetic mode (no TensorFlow), the FLOP count and the progress line."""
+"""The benchmarks' synthetic mode (no TensorFlow), FLOP counts and ceilings, the paper run they compare with, the progress line."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -75,6 +76,89 @@ def test_train_flops_formula():
     attention = 12 * inner * (128 * 100 + (64 + 128) * 10)  # one layer each side
     assert got == pytest.approx(6 * (counts.encoder * 100 + counts.decoder * 10) + attention)
     assert flops.mfu(got, 2.0, None) is None and flops.mfu(got, 2.0, 4 * got) == pytest.approx(0.5)
+
+
+def test_decode_flops_formula():
+    config = h.micro_config()
+    counts = flops.param_counts(config)
+    inner = config.num_heads * config.d_kv
+    cross_kv = 2 * config.d_model * inner  # one decoder layer
+    lengths, new = [5, 3], 4
+    encoder = 2 * (counts.encoder + cross_kv) * 8 + 4 * inner * (25 + 9)
+    per_token = 2 * (counts.decoder - cross_kv) + 4 * inner * (new + 1) / 2
+    greedy = encoder + new * (2 * per_token + 4 * inner * 8)
+    assert flops.decode_flops(config, input_lengths=lengths, new_tokens=new) == pytest.approx(greedy)
+    beam = flops.decode_flops(config, input_lengths=lengths, new_tokens=new, beams=4)
+    assert beam == pytest.approx(encoder + 4 * (greedy - encoder))  # the encoder runs once per row, not per beam
+
+
+def _bench_train_module():
+    sys.path.insert(0, str(h.REPO_ROOT / "scripts"))
+    import bench_train
+
+    return bench_train
+
+
+def _paper_run_files(folder, model_type="standard", steps=30, seconds_per_step=0.5, rss_kib=1_500_000):
+    """A run of the paper's code as ../shared/reference/bench.sh leaves it: <method>.json and <method>.time."""
+    import json
+
+    path = folder / f"{model_type}.json"
+    path.write_text(json.dumps({"argv": ["--batch_size", "32", "--model_type", model_type], "t_start": 1e9,
+                                "step_t": [1e9 + seconds_per_step * i for i in range(steps)]}))
+    (folder / f"{model_type}.time").write_text(f"\tMaximum resident set size (kbytes): {rss_kib}\n")
+    return path
+
+
+def test_the_paper_run_is_read_as_bench_sh_reports_it(tmp_path):
+    from distill.errors import UserError
+
+    bench_train = _bench_train_module()
+    run = bench_train.paper_run(str(_paper_run_files(tmp_path)), "standard")
+    assert run["steps_per_sec"] == pytest.approx(2.0) and run["examples_per_sec"] == pytest.approx(64.0)
+    assert run["peak_rss_gb"] == pytest.approx(1_500_000 / 2**20) and run["started"] == 1e9
+    step_by_step = _paper_run_files(tmp_path, "task_prefix", seconds_per_step=2.0)
+    assert bench_train.paper_run(str(step_by_step), "step_by_step")["examples_per_sec"] == pytest.approx(16.0)
+    cases = {"a 'task_prefix' run; --reference standard": (str(step_by_step), "standard"),
+             "cannot read": (str(tmp_path / "nope.json"), "standard")}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "standard.json").write_text("{not json")
+    (broken / "standard.time").write_text("")
+    cases["is not a run of the paper's code"] = (str(broken / "standard.json"), "standard")
+    short = tmp_path / "short"
+    short.mkdir()
+    cases["too few timed steps"] = (str(_paper_run_files(short, steps=1)), "standard")
+    no_rss = tmp_path / "no_rss"
+    no_rss.mkdir()
+    path = _paper_run_files(no_rss)
+    (no_rss / "standard.time").write_text("Exit status: 0\n")
+    cases["no peak RSS"] = (str(path), "standard")
+    for message, (path, mode) in cases.items():
+        with pytest.raises(UserError, match=re.escape(message)) as caught:
+            bench_train.paper_run(path, mode)
+        assert "bench.sh" in str(caught.value)  # names the fix
+
+
+def test_against_needs_the_reference_setup(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/bench_train.py", "--synthetic", "--against",
+                             str(_paper_run_files(tmp_path))], cwd=h.REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "--against needs --reference" in result.stderr
+
+
+def test_decode_benchmark_prints_ratios_and_ceilings(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_decode.py", "--size", "micro", "--batch", "2", "--input-length", "8",
+         "--decode-length", "3", "--num-beams", "2", "--repeats", "1"],
+        cwd=h.REPO_ROOT, capture_output=True, text=True, env=h.subprocess_env(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ratios = [line for line in result.stdout.splitlines() if " ratio  : " in line]
+    assert [line.split()[0] for line in ratios] == ["greedy", "beam"]
+    for line in ratios:
+        ceiling = float(line.split("ceiling ")[1].split("x:")[0])
+        assert ceiling > 0 and "useful GFLOP at the" in line and "float32 matmul peak" in line
+    assert "peak RSS: distill" in result.stdout
 
 
 def test_progress_line():
