@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import resource
@@ -252,14 +251,15 @@ def paper_run(path: str, mode: str) -> dict[str, float]:
         started = float(run["t_start"])
     except OSError as err:
         raise UserError(f"--against: cannot read {err.filename}: {err.strerror}; {fix}") from None
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise UserError(f"--against: {path} is not a run of the paper's code as bench.sh writes it; {fix}") from None
     if model_type != method:
         raise UserError(f"--against: {path} is a {model_type!r} run; --reference {mode} compares with "
                         f"{method!r}: {fix}")
     skip = min(10, len(step_times) // 4)
-    if rss is None or len(step_times) - skip < 2 or not step_times[-1] > step_times[skip]:
-        raise UserError(f"--against: {path} has too few timed steps, or {time_path} no peak RSS; {fix}")
+    if batch < 1 or rss is None or len(step_times) - skip < 2 or not step_times[-1] > step_times[skip]:
+        raise UserError(f"--against: {path} has no batch size or too few timed steps, or {time_path} no peak "
+                        f"RSS; {fix}")
     steps_per_sec = (len(step_times) - 1 - skip) / (step_times[-1] - step_times[skip])
     return {"steps_per_sec": steps_per_sec, "examples_per_sec": batch * steps_per_sec,
             "peak_rss_gb": int(rss.group(1)) / 2**20, "started": started}

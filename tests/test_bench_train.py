@@ -126,6 +126,11 @@ def test_the_paper_run_is_read_as_bench_sh_reports_it(tmp_path):
     (broken / "standard.json").write_text("{not json")
     (broken / "standard.time").write_text("")
     cases["is not a run of the paper's code"] = (str(broken / "standard.json"), "standard")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "standard.json").write_text('{"argv": {"--model_type": "standard"}, "step_t": [], "t_start": 0}')
+    (odd / "standard.time").write_text("")
+    cases["is not a run of the paper's code as"] = (str(odd / "standard.json"), "standard")
     short = tmp_path / "short"
     short.mkdir()
     cases["too few timed steps"] = (str(_paper_run_files(short, steps=1)), "standard")
