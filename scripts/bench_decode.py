@@ -99,13 +99,14 @@ def _jax_decoder(args):
     config, params = load_hf_checkpoint(args.checkpoint)
     config = config.replace(matmul_dtype=args.matmul_dtype)
     params = jax.device_put(decoding_params(config, params))
-    tokens = jax.device_put(_inputs(args))
+    inputs = _inputs(args)
+    tokens = jax.device_put(inputs)
 
     def decode(method: str) -> np.ndarray:
         return np.asarray(predict_batch(config, params, tokens, method=method, num_beams=args.num_beams,
                                         max_decode_length=args.decode_length))
 
-    lengths = [int(n) for n in np.count_nonzero(np.asarray(tokens), axis=1)]
+    lengths = [int(n) for n in np.count_nonzero(inputs, axis=1)]
     useful = {method: flops.decode_flops(config, input_lengths=lengths, new_tokens=args.decode_length,
                                          beams=args.num_beams if method == "beam" else 1)
               for method in ("greedy", "beam")}

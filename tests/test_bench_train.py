@@ -1,4 +1,5 @@
-"""The benchmarks' synthetic mode (no TensorFlow), FLOP counts and ceilings, the paper run they compare with, the progress line."""
+"""The benchmarks' synthetic mode (no TensorFlow), FLOP counts and ceilings, the paper run they compare with,
+the progress line."""
 from __future__ import annotations
 
 import re

@@ -165,7 +165,8 @@ def test_environment_prefixes_reach_the_tasks(shared_data_dir, tmp_path):
     (tmp_path / "spm.model").write_bytes(b"never read: the vocabulary loads lazily")
     with isolated_registry():
         assert "svamp_label_gt" in register_from_environment(environ)
-        for task, prefix in (("svamp_label_gt", "predict: "), ("svamp_label_llm", "predict: "), ("svamp_rationale", "")):
+        expected = (("svamp_label_gt", "predict: "), ("svamp_label_llm", "predict: "), ("svamp_rationale", ""))
+        for task, prefix in expected:
             assert seqio.get_mixture_or_task(task).preprocessors[0].keywords["prefix"] == prefix
     for bad in ({"DISTILL_LABEL_PREFIX": "x: ", "DISTILL_RATIONALE_PREFIX": "x: "}, {"DISTILL_LABEL_PREFIX": "a\nb"}):
         with isolated_registry():
